@@ -56,7 +56,9 @@ pub const XEN_IO_PROTO_ABI_X86_32: &str = "x86_32-abi";
 pub const XEN_IO_PROTO_ABI_ARM: &str = "arm-abi";
 
 /// One data segment: a granted frame and an inclusive 512-byte sector range within it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct BlkifRequestSegment {
     /// Grant of the data frame.
@@ -136,7 +138,9 @@ pub struct BlkifRequestIndirect {
 }
 
 /// A response (native layout, 16 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct BlkifResponse {
     /// The request's `id`.
@@ -215,7 +219,19 @@ pub struct BlkifX86_32RequestIndirect {
 }
 
 /// A response in the packed `x86_32-abi` layout (11 bytes written; the slot is 108 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
+)]
 #[repr(C, packed)]
 pub struct BlkifX86_32Response {
     /// The request's `id` (little-endian).

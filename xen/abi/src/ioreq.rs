@@ -28,7 +28,9 @@ pub const IOREQ_READ: u8 = 1;
 pub const IOREQ_WRITE: u8 = 0;
 
 /// One synchronous ioreq slot (32 bytes); one per vCPU in the shared ioreq page.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Ioreq {
     /// Port, MMIO guest-physical address, or encoded PCI config address.
@@ -79,7 +81,9 @@ impl Ioreq {
 pub const IOREQS_PER_PAGE: usize = crate::PAGE_SIZE / 32;
 
 /// A buffered ioreq (8 bytes): `type:8, pad:1, dir:1, size:2, addr:20` in the first word.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct BufIoreq {
     /// The bitfield word.

@@ -61,7 +61,9 @@ pub const XEN_NETIF_NR_SLOTS_MIN: usize = 18;
 pub const XEN_NETIF_MAX_TX_SIZE: usize = 0xFFFF;
 
 /// A TX request (12 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifTxRequest {
     /// Grant of the page holding the fragment.
@@ -77,7 +79,9 @@ pub struct NetifTxRequest {
 }
 
 /// A TX response (4 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifTxResponse {
     /// The request's id.
@@ -87,7 +91,9 @@ pub struct NetifTxResponse {
 }
 
 /// An RX request: a buffer the frontend posts (8 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifRxRequest {
     /// Echoed in the response.
@@ -99,7 +105,9 @@ pub struct NetifRxRequest {
 }
 
 /// An RX response (8 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifRxResponse {
     /// The request's id.
@@ -113,7 +121,9 @@ pub struct NetifRxResponse {
 }
 
 /// An extra-info slot (8 bytes): a type, flags and a 6-byte union.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifExtraInfo {
     /// `XEN_NETIF_EXTRA_TYPE_*`.
@@ -125,7 +135,9 @@ pub struct NetifExtraInfo {
 }
 
 /// The `gso` member of the extra-info union (at offset 2 of the slot).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifExtraGso {
     /// Maximum segment size.
@@ -139,7 +151,9 @@ pub struct NetifExtraGso {
 }
 
 /// The `hash` member of the extra-info union.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifExtraHash {
     /// `XEN_NETIF_CTRL_HASH_TYPE_*` bit number.
@@ -197,7 +211,9 @@ pub const XEN_NETIF_CTRL_HASH_TYPE_IPV6: u32 = 1 << 2;
 pub const XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP: u32 = 1 << 3;
 
 /// A control-ring request (16 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifCtrlRequest {
     /// Echoed in the response.
@@ -209,7 +225,9 @@ pub struct NetifCtrlRequest {
 }
 
 /// A control-ring response (12 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifCtrlResponse {
     /// The request's id.
@@ -223,7 +241,9 @@ pub struct NetifCtrlResponse {
 }
 
 /// A staging-grant table entry (`struct xen_netif_gref`, 8 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetifGref {
     /// The grant reference.

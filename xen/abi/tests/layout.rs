@@ -49,11 +49,31 @@ fn blkif_native_layout() {
     layout!(BlkifResponse, 16, id @ 0, operation @ 8, status @ 10);
     assert_eq!(BLKIF_NATIVE_SLOT_SIZE, 112);
     assert_eq!(SEGS_PER_INDIRECT_FRAME, 512);
-    assert_eq!((BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER), (0, 1, 2));
-    assert_eq!((BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_RESERVED_1, BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT), (3, 4, 5, 6));
-    assert_eq!((BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP), (0, -1, -2));
+    assert_eq!(
+        (BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER),
+        (0, 1, 2)
+    );
+    assert_eq!(
+        (
+            BLKIF_OP_FLUSH_DISKCACHE,
+            BLKIF_OP_RESERVED_1,
+            BLKIF_OP_DISCARD,
+            BLKIF_OP_INDIRECT
+        ),
+        (3, 4, 5, 6)
+    );
+    assert_eq!(
+        (BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP),
+        (0, -1, -2)
+    );
     assert_eq!((VDISK_CDROM, VDISK_REMOVABLE, VDISK_READONLY), (1, 2, 4));
-    assert_eq!((BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST), (11, 8));
+    assert_eq!(
+        (
+            BLKIF_MAX_SEGMENTS_PER_REQUEST,
+            BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST
+        ),
+        (11, 8)
+    );
 }
 
 #[test]
@@ -81,12 +101,50 @@ fn netif_layout() {
     layout!(NetifGref, 8, ref_ @ 0, flags @ 4, status @ 6);
     assert_eq!(ring_size(4096, 12), 256);
     assert_eq!(ring_size(4096, 16), 128);
-    assert_eq!((NETTXF_CSUM_BLANK, NETTXF_DATA_VALIDATED, NETTXF_MORE_DATA, NETTXF_EXTRA_INFO), (1, 2, 4, 8));
-    assert_eq!((NETRXF_DATA_VALIDATED, NETRXF_CSUM_BLANK, NETRXF_MORE_DATA, NETRXF_EXTRA_INFO, NETRXF_GSO_PREFIX), (1, 2, 4, 8, 16));
-    assert_eq!((XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_EXTRA_TYPE_HASH, XEN_NETIF_EXTRA_TYPE_MAX), (1, 4, 5));
-    assert_eq!((NETIF_RSP_DROPPED, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETIF_RSP_NULL), (-2, -1, 0, 1));
-    assert_eq!((XEN_NETIF_NR_SLOTS_MIN, XEN_NETIF_MAX_TX_SIZE), (18, 0xffff));
-    assert_eq!((ctrl_type::GET_HASH_FLAGS, ctrl_type::DEL_GREF_MAPPING), (1, 10));
+    assert_eq!(
+        (
+            NETTXF_CSUM_BLANK,
+            NETTXF_DATA_VALIDATED,
+            NETTXF_MORE_DATA,
+            NETTXF_EXTRA_INFO
+        ),
+        (1, 2, 4, 8)
+    );
+    assert_eq!(
+        (
+            NETRXF_DATA_VALIDATED,
+            NETRXF_CSUM_BLANK,
+            NETRXF_MORE_DATA,
+            NETRXF_EXTRA_INFO,
+            NETRXF_GSO_PREFIX
+        ),
+        (1, 2, 4, 8, 16)
+    );
+    assert_eq!(
+        (
+            XEN_NETIF_EXTRA_TYPE_GSO,
+            XEN_NETIF_EXTRA_TYPE_HASH,
+            XEN_NETIF_EXTRA_TYPE_MAX
+        ),
+        (1, 4, 5)
+    );
+    assert_eq!(
+        (
+            NETIF_RSP_DROPPED,
+            NETIF_RSP_ERROR,
+            NETIF_RSP_OKAY,
+            NETIF_RSP_NULL
+        ),
+        (-2, -1, 0, 1)
+    );
+    assert_eq!(
+        (XEN_NETIF_NR_SLOTS_MIN, XEN_NETIF_MAX_TX_SIZE),
+        (18, 0xffff)
+    );
+    assert_eq!(
+        (ctrl_type::GET_HASH_FLAGS, ctrl_type::DEL_GREF_MAPPING),
+        (1, 10)
+    );
 }
 
 #[test]
@@ -94,8 +152,24 @@ fn xs_wire_layout() {
     layout!(XsdSockmsg, 16, type_ @ 0, req_id @ 4, tx_id @ 8, len @ 12);
     layout!(XenstoreDomainInterface, 2080, req @ 0, rsp @ 1024, req_cons @ 2048, req_prod @ 2052,
         rsp_cons @ 2056, rsp_prod @ 2060, server_features @ 2064, connection @ 2068, error @ 2072, evtchn_port @ 2076);
-    assert_eq!((XENSTORE_PAYLOAD_MAX, XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX), (4096, 3072, 2048));
-    assert_eq!((msg::DIRECTORY, msg::WATCH_EVENT, msg::ERROR, msg::RESET_WATCHES, msg::SET_QUOTA), (1, 15, 16, 21, 26));
+    assert_eq!(
+        (
+            XENSTORE_PAYLOAD_MAX,
+            XENSTORE_ABS_PATH_MAX,
+            XENSTORE_REL_PATH_MAX
+        ),
+        (4096, 3072, 2048)
+    );
+    assert_eq!(
+        (
+            msg::DIRECTORY,
+            msg::WATCH_EVENT,
+            msg::ERROR,
+            msg::RESET_WATCHES,
+            msg::SET_QUOTA
+        ),
+        (1, 15, 16, 21, 26)
+    );
     assert_eq!((msg::TYPE_COUNT, msg::INVALID), (27, 0xffff));
     assert_eq!(mask_xenstore_idx(1025), 1);
 }
@@ -106,9 +180,23 @@ fn grant_table_layout() {
     layout!(GnttabMapGrantRef, 32, host_addr @ 0, flags @ 8, ref_ @ 12, dom @ 16, status @ 18, handle @ 20, dev_bus_addr @ 24);
     layout!(GnttabCopyPtr, 16, u @ 0, domid @ 8, offset @ 10);
     layout!(GnttabCopy, 40, source @ 0, dest @ 16, len @ 32, flags @ 34, status @ 36);
-    assert_eq!((GTF_PERMIT_ACCESS, GTF_READONLY, GTF_READING, GTF_WRITING), (1, 4, 8, 16));
-    assert_eq!((status::OKAY, status::BAD_DOMAIN, status::BAD_GNTREF, status::PERMISSION_DENIED), (0, -2, -3, -8));
-    assert_eq!((GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY), (1, 2, 4));
+    assert_eq!(
+        (GTF_PERMIT_ACCESS, GTF_READONLY, GTF_READING, GTF_WRITING),
+        (1, 4, 8, 16)
+    );
+    assert_eq!(
+        (
+            status::OKAY,
+            status::BAD_DOMAIN,
+            status::BAD_GNTREF,
+            status::PERMISSION_DENIED
+        ),
+        (0, -2, -3, -8)
+    );
+    assert_eq!(
+        (GNTMAP_DEVICE_MAP, GNTMAP_HOST_MAP, GNTMAP_READONLY),
+        (1, 2, 4)
+    );
 }
 
 #[test]
@@ -119,10 +207,22 @@ fn ioreq_layout() {
     assert_eq!(IOREQ_STATE_BYTE_OFFSET, 30);
     assert_eq!(IOREQS_PER_PAGE, 128);
     let flags = Ioreq::pack_flags(STATE_IOREQ_READY, true, IOREQ_READ, false);
-    let r = Ioreq { flags, ..Default::default() };
-    assert_eq!((r.state(), r.data_is_ptr(), r.dir(), r.df()), (1, true, 1, false));
-    let b = BufIoreq { word: BufIoreq::pack(IOREQ_TYPE_COPY, IOREQ_WRITE, 3, 0xabcde), data: 0 };
-    assert_eq!((b.type_(), b.dir(), b.size_bytes(), b.addr()), (1, 0, 8, 0xabcde));
+    let r = Ioreq {
+        flags,
+        ..Default::default()
+    };
+    assert_eq!(
+        (r.state(), r.data_is_ptr(), r.dir(), r.df()),
+        (1, true, 1, false)
+    );
+    let b = BufIoreq {
+        word: BufIoreq::pack(IOREQ_TYPE_COPY, IOREQ_WRITE, 3, 0xabcde),
+        data: 0,
+    };
+    assert_eq!(
+        (b.type_(), b.dir(), b.size_bytes(), b.addr()),
+        (1, 0, 8, 0xabcde)
+    );
 }
 
 #[test]
@@ -139,7 +239,14 @@ fn dm_op_layout() {
     assert_eq!(pci_sbdf(0, 0, 3, 0), 0x18);
     assert_eq!(pci_sbdf(1, 2, 31, 7), 0x0001_02ff);
     assert_eq!(xenmem_resource_ioreq_server_frame_ioreq(0), 1);
-    assert_eq!((XEN_DMOP_CREATE_IOREQ_SERVER, XEN_DMOP_INJECT_MSI, XEN_DMOP_NR_VCPUS), (1, 14, 20));
+    assert_eq!(
+        (
+            XEN_DMOP_CREATE_IOREQ_SERVER,
+            XEN_DMOP_INJECT_MSI,
+            XEN_DMOP_NR_VCPUS
+        ),
+        (1, 14, 20)
+    );
 }
 
 #[test]
