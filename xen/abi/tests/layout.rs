@@ -1,6 +1,8 @@
 //! Asserts every size and offset that `shared/xen-abi.md` lists, so a layout change cannot slip
 //! through unnoticed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use core::mem::{offset_of, size_of};
 
 use xen_abi::blkif::*;

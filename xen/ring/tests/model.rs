@@ -1,6 +1,8 @@
 //! Property tests of the ring against a model queue, and of the backend against hostile
 //! producer indices.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::VecDeque;
 
 use proptest::prelude::*;
