@@ -106,6 +106,9 @@ impl Decoder {
 
 /// Splits a payload into its NUL-terminated fields; a final unterminated field is kept.
 pub fn split_fields(payload: &[u8]) -> Vec<&[u8]> {
+    if payload.is_empty() {
+        return Vec::new();
+    }
     let mut fields: Vec<&[u8]> = payload.split(|&b| b == 0).collect();
     if payload.last() == Some(&0) {
         fields.pop();
