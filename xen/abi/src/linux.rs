@@ -422,3 +422,47 @@ pub mod xenbus_backend {
     /// `IOCTL_XENBUS_BACKEND_SETUP`.
     pub const IOCTL_XENBUS_BACKEND_SETUP: u32 = ioc(IOC_NONE, b'B', 1, 0);
 }
+
+/// `/dev/xen/gntalloc` (`include/uapi/xen/gntalloc.h`): granting our own pages.
+pub mod gntalloc {
+    use super::*;
+
+    /// `struct ioctl_gntalloc_alloc_gref` with one ref (24 bytes).
+    #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+    #[repr(C)]
+    pub struct IoctlGntallocAllocGref {
+        /// The domain to grant to.
+        pub domid: u16,
+        /// `GNTALLOC_FLAG_WRITABLE`.
+        pub flags: u16,
+        /// Pages to allocate.
+        pub count: u32,
+        /// mmap offset of the pages (OUT).
+        pub index: u64,
+        /// The first grant reference (OUT); more follow in memory.
+        pub gref_ids: [u32; 1],
+        /// Tail padding.
+        pub pad: u32,
+    }
+
+    /// `struct ioctl_gntalloc_dealloc_gref` (16 bytes).
+    #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+    #[repr(C)]
+    pub struct IoctlGntallocDeallocGref {
+        /// The mmap offset from the allocation.
+        pub index: u64,
+        /// Pages.
+        pub count: u32,
+        /// Padding.
+        pub pad: u32,
+    }
+
+    /// Grant write access too.
+    pub const GNTALLOC_FLAG_WRITABLE: u16 = 1;
+    /// `IOCTL_GNTALLOC_ALLOC_GREF`.
+    pub const IOCTL_GNTALLOC_ALLOC_GREF: u32 = ioc(IOC_NONE, b'G', 5, 24);
+    /// `IOCTL_GNTALLOC_DEALLOC_GREF`.
+    pub const IOCTL_GNTALLOC_DEALLOC_GREF: u32 = ioc(IOC_NONE, b'G', 6, 16);
+    /// `IOCTL_GNTALLOC_SET_UNMAP_NOTIFY`.
+    pub const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY: u32 = ioc(IOC_NONE, b'G', 7, 16);
+}

@@ -9,7 +9,7 @@ use xen_abi::blkif::*;
 use xen_abi::dm_op::*;
 use xen_abi::grant_table::*;
 use xen_abi::ioreq::*;
-use xen_abi::linux::{evtchn::*, gntdev::*, privcmd::*, xenbus_backend::*};
+use xen_abi::linux::{evtchn::*, gntalloc::*, gntdev::*, privcmd::*, xenbus_backend::*};
 use xen_abi::netif::*;
 use xen_abi::ring::*;
 use xen_abi::xenbus::XenbusState;
@@ -271,6 +271,12 @@ fn linux_ioctl_numbers_and_layouts() {
     layout!(IoctlGntdevGrantCopy, 16, count @ 0, segments @ 8);
     layout!(IoctlGntdevDmabufExpFromRefs, 20, flags @ 0, count @ 4, domid @ 8, fd @ 12, refs @ 16);
     assert_eq!(copy_foreign(7, 0x10, 3), 0x0003_0010_0000_0007);
+
+    layout!(IoctlGntallocAllocGref, 24, domid @ 0, flags @ 2, count @ 4, index @ 8, gref_ids @ 16);
+    layout!(IoctlGntallocDeallocGref, 16, index @ 0, count @ 8);
+    assert_eq!(IOCTL_GNTALLOC_ALLOC_GREF, 0x0018_4705);
+    assert_eq!(IOCTL_GNTALLOC_DEALLOC_GREF, 0x0010_4706);
+    assert_eq!(IOCTL_GNTALLOC_SET_UNMAP_NOTIFY, 0x0010_4707);
 
     assert_eq!(IOCTL_EVTCHN_BIND_VIRQ, 0x0004_4500);
     assert_eq!(IOCTL_EVTCHN_BIND_INTERDOMAIN, 0x0008_4501);

@@ -68,6 +68,7 @@ pub struct State {
     pub stats: Stats,
     next_conn: ConnId,
     next_tx: u32,
+    toolstack: Option<ConnId>,
 }
 
 fn ok() -> Vec<u8> {
@@ -87,6 +88,7 @@ impl State {
             stats: Stats::default(),
             next_conn: 1,
             next_tx: 1,
+            toolstack: None,
         }
     }
 
@@ -102,6 +104,16 @@ impl State {
                 transactions: HashMap::new(),
             },
         );
+        id
+    }
+
+    /// The daemon's own dom0 connection for toolstack requests (created on first use).
+    pub fn toolstack_conn(&mut self) -> ConnId {
+        if let Some(id) = self.toolstack {
+            return id;
+        }
+        let id = self.add_conn(0);
+        self.toolstack = Some(id);
         id
     }
 

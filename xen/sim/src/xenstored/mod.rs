@@ -205,6 +205,44 @@ impl Xenstored {
         lock(&self.shared.state).conns.len()
     }
 
+    /// Runs one request as dom0, synchronously, without a client: the simulated toolstack's
+    /// own writes (domain directories at create, their removal at destroy).
+    pub fn dom0_request(
+        &self,
+        type_: u32,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, xen_store::XsErrno> {
+        let outcome = {
+            let mut state = lock(&self.shared.state);
+            let conn = state.toolstack_conn();
+            state.handle(
+                conn,
+                Message {
+                    type_,
+                    req_id: 0,
+                    tx_id: 0,
+                    payload,
+                },
+            )
+        };
+        let reply = outcome.reply.clone();
+        self.deliver(outcome);
+        match reply {
+            Some(m) if m.type_ == xen_abi::xs_wire::msg::ERROR => {
+                let name = xen_store::wire::split_fields(&m.payload)
+                    .first()
+                    .and_then(|n| {
+                        std::str::from_utf8(n)
+                            .ok()
+                            .and_then(xen_store::XsErrno::from_name)
+                    });
+                Err(name.unwrap_or(xen_store::XsErrno::EIO))
+            }
+            Some(m) => Ok(m.payload),
+            None => Err(xen_store::XsErrno::EIO),
+        }
+    }
+
     /// A dom0 client connected through an in-process socket pair (for the host's toolstack).
     pub fn dom0_client(&self) -> std::io::Result<xen_store::Xs> {
         self.client_for(0)

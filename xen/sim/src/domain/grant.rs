@@ -1,0 +1,330 @@
+//! Grants on the simulated host: the same `GrantMapper`/`GrantAllocator` traits as gntdev and
+//! gntalloc, through the hypervisor.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use xen_abi::{DomId, GrantRef};
+use xen_grant::{
+    CopyOp, Error as GrantError, GrantAllocator, GrantMapper, GrantMapping, GrantedPages,
+    SharedMemory,
+};
+
+use super::memory::{map_frames, Pages};
+use super::{Credentials, Error, HvConn};
+use crate::hv::proto::{CopySegment, Reply, Request};
+
+fn os(op: &'static str, e: Error) -> GrantError {
+    let source = match e {
+        Error::Io(io) => io,
+        Error::Refused { errno, message } => {
+            std::io::Error::new(std::io::Error::from_raw_os_error(errno).kind(), message)
+        }
+        other => std::io::Error::other(other.to_string()),
+    };
+    GrantError::Os { op, source }
+}
+
+/// A grant handle: maps and copies other domains' grants, and grants our own pages.
+pub struct SimGrants {
+    conn: Arc<HvConn>,
+    /// Memory descriptors of granters, by (domain, writable), sent once per connection.
+    memory: Mutex<HashMap<(DomId, bool), Arc<OwnedFd>>>,
+    /// Our own memory descriptor, for the allocator side.
+    own: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+impl SimGrants {
+    pub(crate) fn open(creds: &Credentials) -> super::Result<Self> {
+        Ok(Self {
+            conn: Arc::new(HvConn::open(creds, false)?),
+            memory: Mutex::new(HashMap::new()),
+            own: Mutex::new(None),
+        })
+    }
+
+    fn own_memory(&self) -> Result<Arc<OwnedFd>, GrantError> {
+        let mut own = self
+            .own
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(fd) = own.as_ref() {
+            return Ok(Arc::clone(fd));
+        }
+        let (_, fds) = self
+            .conn
+            .call(&Request::OwnMemory)
+            .map_err(|e| os("grant", e))?;
+        let fd = Arc::new(fds.into_iter().next().ok_or(GrantError::Invalid {
+            op: "grant",
+            reason: "no memory descriptor",
+        })?);
+        *own = Some(Arc::clone(&fd));
+        Ok(fd)
+    }
+}
+
+/// Grants of another domain mapped into this process.
+pub struct SimMapping {
+    /// Always `Some` until drop, which unmaps the pages before telling the hypervisor.
+    pages: Option<Pages>,
+    handle: u64,
+    writable: bool,
+    conn: Arc<HvConn>,
+}
+
+impl Drop for SimMapping {
+    fn drop(&mut self) {
+        // Unmap our pages first, then release the pin: the granter may reuse the page only
+        // once nothing maps it any more (gntdev's order: munmap, then the unmap ioctl).
+        drop(self.pages.take());
+        let _ = self.conn.call(&Request::UnmapGrants {
+            handle: self.handle,
+        });
+    }
+}
+
+// SAFETY: `pages` stays mapped for the life of the value; its length is fixed.
+unsafe impl SharedMemory for SimMapping {
+    fn as_ptr(&self) -> *mut u8 {
+        self.pages
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |p| p.ptr.as_ptr())
+    }
+    fn len(&self) -> usize {
+        self.pages.as_ref().map_or(0, |p| p.len)
+    }
+}
+
+impl GrantMapping for SimMapping {
+    fn writable(&self) -> bool {
+        self.writable
+    }
+}
+
+impl GrantMapper for SimGrants {
+    type Mapping = SimMapping;
+
+    fn map(
+        &self,
+        domid: DomId,
+        refs: &[GrantRef],
+        writable: bool,
+    ) -> Result<SimMapping, GrantError> {
+        if refs.is_empty() {
+            return Err(GrantError::Invalid {
+                op: "map",
+                reason: "no grant references",
+            });
+        }
+        let (reply, fds) = self
+            .conn
+            .call(&Request::MapGrants {
+                granter: domid,
+                refs: refs.to_vec(),
+                writable,
+            })
+            .map_err(|e| os("map", e))?;
+        let (handle, frames, fd_attached) = match reply {
+            Reply::Mapped {
+                handle,
+                frames,
+                fd_attached,
+            } => (handle, frames, fd_attached),
+            Reply::GrantStatus { status, gref } => {
+                return Err(GrantError::Refused {
+                    op: "map",
+                    domid,
+                    gref,
+                    status,
+                })
+            }
+            other => return Err(os("map", Error::Protocol(format!("{other:?}")))),
+        };
+        let fd = {
+            let mut memory = self
+                .memory
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if fd_attached {
+                if let Some(fd) = fds.into_iter().next() {
+                    memory.insert((domid, writable), Arc::new(fd));
+                }
+            }
+            memory.get(&(domid, writable)).cloned()
+        };
+        let unmap = |conn: &HvConn| {
+            let _ = conn.call(&Request::UnmapGrants { handle });
+        };
+        let Some(fd) = fd else {
+            unmap(&self.conn);
+            return Err(GrantError::Invalid {
+                op: "map",
+                reason: "hypervisor sent no memory descriptor",
+            });
+        };
+        match map_frames(&fd, &frames, writable) {
+            Ok(pages) => Ok(SimMapping {
+                pages: Some(pages),
+                handle,
+                writable,
+                conn: Arc::clone(&self.conn),
+            }),
+            Err(e) => {
+                unmap(&self.conn);
+                Err(GrantError::Os {
+                    op: "map",
+                    source: e,
+                })
+            }
+        }
+    }
+
+    fn copy(&self, ops: &mut [CopyOp<'_>], status: &mut [i16]) -> Result<(), GrantError> {
+        if status.len() != ops.len() {
+            return Err(GrantError::Invalid {
+                op: "copy",
+                reason: "status slice length differs from ops",
+            });
+        }
+        let mut segments = Vec::with_capacity(ops.len());
+        for op in ops.iter() {
+            let g = op.grant();
+            let len = u16::try_from(op.len()).map_err(|_| GrantError::Invalid {
+                op: "copy",
+                reason: "segment over 64 KiB",
+            })?;
+            segments.push(match op {
+                CopyOp::FromGrant { .. } => CopySegment::FromGrant {
+                    domid: g.domid,
+                    gref: g.gref,
+                    offset: g.offset,
+                    len,
+                },
+                CopyOp::ToGrant { src, .. } => CopySegment::ToGrant {
+                    domid: g.domid,
+                    gref: g.gref,
+                    offset: g.offset,
+                    data: src.to_vec(),
+                },
+            });
+        }
+        let (reply, _) = self
+            .conn
+            .call(&Request::CopyGrants { segments })
+            .map_err(|e| os("copy", e))?;
+        let Reply::Copied {
+            status: results,
+            data,
+        } = reply
+        else {
+            return Err(os("copy", Error::Protocol("unexpected copy reply".into())));
+        };
+        let mut data = data.into_iter();
+        for ((op, slot), result) in ops.iter_mut().zip(status.iter_mut()).zip(results) {
+            *slot = result;
+            if let CopyOp::FromGrant { dst, .. } = op {
+                if let Some(bytes) = data.next() {
+                    if result == xen_abi::grant_table::status::OKAY && bytes.len() == dst.len() {
+                        dst.copy_from_slice(&bytes);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pages of our memory granted to another domain; access ends when dropped (deferred by the
+/// hypervisor while the grantee still maps them).
+pub struct SimGrantedPages {
+    pages: Pages,
+    refs: Vec<GrantRef>,
+    conn: Arc<HvConn>,
+}
+
+impl Drop for SimGrantedPages {
+    fn drop(&mut self) {
+        let _ = self.conn.call(&Request::EndAccess {
+            refs: std::mem::take(&mut self.refs),
+        });
+    }
+}
+
+// SAFETY: `pages` stays mapped for the life of the value; its length is fixed.
+unsafe impl SharedMemory for SimGrantedPages {
+    fn as_ptr(&self) -> *mut u8 {
+        self.pages.ptr.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.pages.len
+    }
+}
+
+impl GrantedPages for SimGrantedPages {
+    fn refs(&self) -> &[GrantRef] {
+        &self.refs
+    }
+}
+
+impl SimGrantedPages {
+    /// Ends access now, reporting grants the peer still maps (their revocation is deferred).
+    pub fn end_access(mut self) -> Result<Vec<GrantRef>, GrantError> {
+        let refs = std::mem::take(&mut self.refs);
+        match self
+            .conn
+            .call(&Request::EndAccess { refs })
+            .map_err(|e| os("end-access", e))?
+            .0
+        {
+            Reply::Ended { deferred } => Ok(deferred),
+            other => Err(os("end-access", Error::Protocol(format!("{other:?}")))),
+        }
+    }
+}
+
+impl GrantAllocator for SimGrants {
+    type Pages = SimGrantedPages;
+
+    fn grant_pages(
+        &self,
+        domid: DomId,
+        count: usize,
+        writable: bool,
+    ) -> Result<SimGrantedPages, GrantError> {
+        let count32 = u32::try_from(count).map_err(|_| GrantError::Invalid {
+            op: "grant",
+            reason: "too many pages",
+        })?;
+        let (reply, _) = self
+            .conn
+            .call(&Request::GrantPages {
+                remote: domid,
+                count: count32,
+                writable,
+            })
+            .map_err(|e| os("grant", e))?;
+        let Reply::Granted { refs, frames } = reply else {
+            return Err(os(
+                "grant",
+                Error::Protocol("unexpected grant reply".into()),
+            ));
+        };
+        let fd = self.own_memory()?;
+        match map_frames(&fd, &frames, true) {
+            Ok(pages) => Ok(SimGrantedPages {
+                pages,
+                refs,
+                conn: Arc::clone(&self.conn),
+            }),
+            Err(e) => {
+                let _ = self.conn.call(&Request::EndAccess { refs });
+                Err(GrantError::Os {
+                    op: "grant",
+                    source: e,
+                })
+            }
+        }
+    }
+}

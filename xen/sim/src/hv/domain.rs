@@ -1,0 +1,197 @@
+//! One domain as the hypervisor holds it: memory, grant table, ports, its primary process.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use memmap2::MmapRaw;
+use xen_abi::{DomId, GrantRef, Port, PAGE_SIZE};
+
+use super::proto::DomainInfo;
+use super::ConnId;
+
+/// Grant-table frames of every domain (Xen's default `max_grant_frames` is 64).
+pub(crate) const GNTTAB_FRAMES: usize = 32;
+/// Grant entries in the table.
+pub(crate) const GNTTAB_ENTRIES: u32 = (GNTTAB_FRAMES * PAGE_SIZE / 8) as u32;
+/// Refs Linux keeps for the toolstack (console, xenstore); never handed out.
+const GNTTAB_RESERVED: u32 = 8;
+/// Highest event channel port (2-level ABI on 64-bit: 4096 ports).
+pub(crate) const MAX_PORTS: Port = 4096;
+
+/// How to build a domain.
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    /// Its name (`/local/domain/<id>/name`).
+    pub name: String,
+    /// Memory in 4 KiB pages.
+    pub mem_pages: u32,
+}
+
+/// What an event channel port is connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortKind {
+    /// Waiting for `remote` to bind.
+    Unbound { remote: DomId },
+    /// Connected to `remote`'s `remote_port`.
+    Interdomain { remote: DomId, remote_port: Port },
+}
+
+/// A port: its connection and its eventfd pair. `rx` fires when the peer notifies; `tx` is the
+/// peer's `rx`. The pair belongs to the port for its whole life, so a peer that closes and
+/// re-binds (a restarted backend) reaches the same descriptors.
+pub(crate) struct PortState {
+    pub(crate) owner: ConnId,
+    pub(crate) kind: PortKind,
+    pub(crate) rx: Arc<OwnedFd>,
+    pub(crate) tx: Arc<OwnedFd>,
+}
+
+/// Pin counts of one of our grants mapped by others.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Pin {
+    pub(crate) readers: u32,
+    pub(crate) writers: u32,
+}
+
+pub(crate) struct Domain {
+    pub(crate) name: String,
+    pub(crate) token: String,
+    pub(crate) mem_pages: u32,
+    pub(crate) memory: Option<(File, MmapRaw)>,
+    pub(crate) gnttab: Option<(File, MmapRaw)>,
+    pub(crate) free_pages: Vec<u32>,
+    pub(crate) free_refs: Vec<GrantRef>,
+    /// Grants made through `GrantPages`: ref → frame.
+    pub(crate) granted: HashMap<GrantRef, u32>,
+    pub(crate) pins: HashMap<GrantRef, Pin>,
+    pub(crate) deferred_end: HashSet<GrantRef>,
+    pub(crate) ports: BTreeMap<Port, PortState>,
+    pub(crate) primary: Option<(ConnId, Option<i32>)>,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn memfd(name: &str, bytes: usize) -> std::io::Result<(File, MmapRaw)> {
+    let fd = nix::sys::memfd::memfd_create(
+        &std::ffi::CString::new(name).map_err(std::io::Error::other)?,
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )?;
+    let file = File::from(fd);
+    file.set_len(bytes as u64)?;
+    let map = MmapRaw::map_raw(&file)?;
+    Ok((file, map))
+}
+
+impl Domain {
+    pub(crate) fn dom0(token: String) -> Self {
+        Self {
+            name: "Domain-0".into(),
+            token,
+            mem_pages: 0,
+            memory: None,
+            gnttab: None,
+            free_pages: Vec::new(),
+            free_refs: Vec::new(),
+            granted: HashMap::new(),
+            pins: HashMap::new(),
+            deferred_end: HashSet::new(),
+            ports: BTreeMap::new(),
+            primary: None,
+        }
+    }
+
+    pub(crate) fn create(domid: DomId, config: &DomainConfig) -> std::io::Result<Self> {
+        let memory = memfd(
+            &format!("xen-sim-d{domid}-memory"),
+            config.mem_pages as usize * PAGE_SIZE,
+        )?;
+        let gnttab = memfd(
+            &format!("xen-sim-d{domid}-gnttab"),
+            GNTTAB_FRAMES * PAGE_SIZE,
+        )?;
+        Ok(Self {
+            name: config.name.clone(),
+            token: random_token(),
+            mem_pages: config.mem_pages,
+            memory: Some(memory),
+            gnttab: Some(gnttab),
+            free_pages: (0..config.mem_pages).rev().collect(),
+            free_refs: (GNTTAB_RESERVED..GNTTAB_ENTRIES).rev().collect(),
+            granted: HashMap::new(),
+            pins: HashMap::new(),
+            deferred_end: HashSet::new(),
+            ports: BTreeMap::new(),
+            primary: None,
+        })
+    }
+
+    pub(crate) fn token_matches(&self, token: &str) -> bool {
+        // Constant-time compare: the token is a credential.
+        self.token.len() == token.len()
+            && self
+                .token
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    pub(crate) fn info(&self, domid: DomId) -> DomainInfo {
+        DomainInfo {
+            domid,
+            name: self.name.clone(),
+            mem_pages: self.mem_pages,
+            running: domid == 0 || self.primary.is_some(),
+        }
+    }
+
+    /// The `{flags, domid}` word of grant entry `gref` (atomic), if in range.
+    pub(crate) fn grant_word(&self, gref: GrantRef) -> Option<&AtomicU32> {
+        let (_, map) = self.gnttab.as_ref()?;
+        if gref >= GNTTAB_ENTRIES {
+            return None;
+        }
+        let offset = gref as usize * 8;
+        // SAFETY: `offset + 8 <= GNTTAB_FRAMES * PAGE_SIZE` (gref < GNTTAB_ENTRIES), the map is
+        // page-aligned so the word is 4-aligned, and it lives as long as `self`. The domain
+        // writes the entry concurrently; all our accesses are atomic.
+        Some(unsafe { AtomicU32::from_ptr(map.as_mut_ptr().add(offset).cast::<u32>()) })
+    }
+
+    /// The `frame` word of grant entry `gref`.
+    pub(crate) fn grant_frame(&self, gref: GrantRef) -> Option<&AtomicU32> {
+        let (_, map) = self.gnttab.as_ref()?;
+        if gref >= GNTTAB_ENTRIES {
+            return None;
+        }
+        // SAFETY: as in `grant_word`, for the second word of the 8-byte entry.
+        Some(unsafe {
+            AtomicU32::from_ptr(map.as_mut_ptr().add(gref as usize * 8 + 4).cast::<u32>())
+        })
+    }
+
+    /// Pointer to page `frame` of the domain's memory, if in range.
+    pub(crate) fn page(&self, frame: u32) -> Option<*mut u8> {
+        let (_, map) = self.memory.as_ref()?;
+        if frame >= self.mem_pages {
+            return None;
+        }
+        // SAFETY: frame < mem_pages, so the page lies inside the mapping of the memfd.
+        Some(unsafe { map.as_mut_ptr().add(frame as usize * PAGE_SIZE) })
+    }
+
+    /// Lowest free port number (port 0 is never used, as in Xen).
+    pub(crate) fn free_port(&self) -> Option<Port> {
+        (1..MAX_PORTS).find(|p| !self.ports.contains_key(p))
+    }
+}

@@ -1,0 +1,305 @@
+//! The hypercall channel between a domain's processes and the simulated hypervisor: framed
+//! `bincode` messages over a unix stream socket, with file descriptors (memory, eventfds)
+//! passed alongside as `SCM_RIGHTS`.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use bincode::Options;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
+use xen_abi::{DomId, GrantRef, Port};
+
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 4 << 20;
+/// Most descriptors one frame carries.
+const MAX_FDS: usize = 8;
+
+/// The authentication a connection opens with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// The domain the process belongs to.
+    pub domid: DomId,
+    /// The domain's secret, handed to its processes by whoever started them.
+    pub token: String,
+    /// The domain's own life is bound to this connection: when it closes, the domain crashed.
+    pub primary: bool,
+}
+
+/// One side of a grant copy, as sent to the hypervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CopySegment {
+    /// Read `len` bytes from a granted page.
+    FromGrant {
+        /// Granting domain.
+        domid: DomId,
+        /// The grant.
+        gref: GrantRef,
+        /// Offset in the page.
+        offset: u16,
+        /// Bytes.
+        len: u16,
+    },
+    /// Write `data` into a granted page.
+    ToGrant {
+        /// Granting domain.
+        domid: DomId,
+        /// The grant.
+        gref: GrantRef,
+        /// Offset in the page.
+        offset: u16,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+}
+
+/// A request ("hypercall").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// First message of every connection.
+    Hello(Hello),
+    /// dom0: create a domain with `mem_pages` pages of memory.
+    CreateDomain {
+        /// Its name.
+        name: String,
+        /// Memory size in 4 KiB pages.
+        mem_pages: u32,
+    },
+    /// dom0: destroy a domain (its primary process is killed).
+    DestroyDomain {
+        /// The domain.
+        domid: DomId,
+    },
+    /// dom0: the live domains.
+    ListDomains,
+    /// This domain's memory and grant table (descriptors in the reply).
+    OwnMemory,
+    /// Map grants of `granter` (grantee side).
+    MapGrants {
+        /// The granting domain.
+        granter: DomId,
+        /// The grants.
+        refs: Vec<GrantRef>,
+        /// Write access.
+        writable: bool,
+    },
+    /// Undo a `MapGrants`.
+    UnmapGrants {
+        /// The handle the map returned.
+        handle: u64,
+    },
+    /// Grant copy.
+    CopyGrants {
+        /// The segments.
+        segments: Vec<CopySegment>,
+    },
+    /// Allocate pages of our memory and grant them to `remote` (the guest kernel's job).
+    GrantPages {
+        /// The grantee.
+        remote: DomId,
+        /// Pages.
+        count: u32,
+        /// Write access for the grantee.
+        writable: bool,
+    },
+    /// End foreign access to our grants and free their pages (deferred while mapped).
+    EndAccess {
+        /// The grants.
+        refs: Vec<GrantRef>,
+    },
+    /// `EVTCHNOP_alloc_unbound`.
+    AllocUnbound {
+        /// The domain that may bind it.
+        remote: DomId,
+    },
+    /// `EVTCHNOP_bind_interdomain`.
+    BindInterdomain {
+        /// The remote domain.
+        remote: DomId,
+        /// Its unbound port.
+        remote_port: Port,
+    },
+    /// `EVTCHNOP_close` of a port bound on this connection.
+    Unbind {
+        /// The port.
+        port: Port,
+    },
+    /// Only bind to this domain from now on (`IOCTL_EVTCHN_RESTRICT_DOMID`).
+    RestrictEvtchn {
+        /// The domain.
+        domid: DomId,
+    },
+}
+
+/// A live domain, as listed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// Its id.
+    pub domid: DomId,
+    /// Its name.
+    pub name: String,
+    /// Memory pages.
+    pub mem_pages: u32,
+    /// Whether its primary process is connected.
+    pub running: bool,
+}
+
+/// A reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// Success without data.
+    Ok,
+    /// Failure: a Linux errno and a sentence.
+    Error {
+        /// errno.
+        errno: i32,
+        /// What went wrong.
+        message: String,
+    },
+    /// A grant operation failed with `GNTST_*`.
+    GrantStatus {
+        /// The status.
+        status: i16,
+        /// The failing ref.
+        gref: GrantRef,
+    },
+    /// A domain was created.
+    Created {
+        /// Its id.
+        domid: DomId,
+        /// Its secret.
+        token: String,
+    },
+    /// Domains.
+    Domains(Vec<DomainInfo>),
+    /// Our memory (descriptors: memory, grant table).
+    Memory {
+        /// Memory pages.
+        mem_pages: u32,
+        /// Grant-table entries.
+        gnttab_entries: u32,
+    },
+    /// Grants mapped: the frames to map from the granter's memory (descriptor attached the
+    /// first time this connection maps from that granter with that access).
+    Mapped {
+        /// Unmap handle.
+        handle: u64,
+        /// Page numbers in the granter's memory, one per ref.
+        frames: Vec<u32>,
+        /// Whether a memory descriptor is attached.
+        fd_attached: bool,
+    },
+    /// Copy results: status per segment, data for the `FromGrant` ones (in order).
+    Copied {
+        /// `GNTST_*` per segment.
+        status: Vec<i16>,
+        /// Bytes read, per `FromGrant` segment.
+        data: Vec<Vec<u8>>,
+    },
+    /// Pages granted.
+    Granted {
+        /// The grants.
+        refs: Vec<GrantRef>,
+        /// The page numbers in our memory.
+        frames: Vec<u32>,
+    },
+    /// `EndAccess` done; some grants were still mapped and will be freed when unmapped.
+    Ended {
+        /// Grants whose revocation was deferred.
+        deferred: Vec<GrantRef>,
+    },
+    /// A port (descriptors: receive eventfd, notify eventfd).
+    Port(Port),
+}
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(MAX_FRAME as u64)
+}
+
+/// Serialises a message.
+pub fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    options().serialize(msg).map_err(io::Error::other)
+}
+
+/// Deserialises a message.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> io::Result<T> {
+    options()
+        .deserialize(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Sends one frame, with descriptors attached to its first byte.
+pub fn send_frame(sock: &UnixStream, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if payload.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
+    }
+    let mut buf = Vec::with_capacity(4 + payload.len());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(payload);
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    let sent = sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(&buf)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    (&*sock).write_all(buf.get(sent..).unwrap_or_default())
+}
+
+/// Receives one frame and the descriptors that came with it.
+pub fn recv_frame(sock: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    let mut fds = Vec::new();
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    while got < head.len() {
+        let (bytes, received) = {
+            let mut iov = [IoSliceMut::new(head.get_mut(got..).unwrap_or_default())];
+            let msg = recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
+            let mut received = Vec::new();
+            for c in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(list) = c {
+                    received.extend(list);
+                }
+            }
+            (msg.bytes, received)
+        };
+        for fd in received {
+            // SAFETY: the kernel just installed `fd` in our table for us (SCM_RIGHTS); nothing
+            // else owns it.
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        if bytes == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "hypervisor connection closed",
+            ));
+        }
+        got += bytes;
+    }
+    let len = u32::from_le_bytes(head) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    (&*sock).read_exact(&mut payload)?;
+    Ok((payload, fds))
+}
