@@ -198,3 +198,14 @@ impl EventChannel for SimEvtchn {
         self.epoll.0.as_raw_fd()
     }
 }
+
+impl Drop for SimEvtchn {
+    /// Closing the handle unbinds its ports synchronously, as closing `/dev/xen/evtchn` does
+    /// (the hypervisor would also do it when it sees the connection close, but later).
+    fn drop(&mut self) {
+        let ports: Vec<Port> = lock(&self.ports).keys().copied().collect();
+        for port in ports {
+            let _ = self.conn.call(&Request::Unbind { port });
+        }
+    }
+}

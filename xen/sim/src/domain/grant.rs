@@ -328,3 +328,20 @@ impl GrantAllocator for SimGrants {
         }
     }
 }
+
+impl std::fmt::Debug for SimMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimMapping")
+            .field("len", &self.len())
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SimGrantedPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimGrantedPages")
+            .field("refs", &self.refs)
+            .finish()
+    }
+}
