@@ -27,6 +27,12 @@ enum Command {
         #[arg(long)]
         run_dir: Option<PathBuf>,
     },
+    /// Measure xenstored, grant and event-channel costs against their limits on this machine.
+    Bench {
+        /// Iterations per measurement.
+        #[arg(long, default_value_t = 20000)]
+        iterations: u32,
+    },
     /// One guest of the demo (run inside a domain by `demo`).
     #[command(hide = true)]
     DemoGuest {
@@ -66,6 +72,13 @@ fn main() -> ExitCode {
                 let exe = std::env::current_exe()
                     .map_err(|e| format!("cannot find this program: {e}"))?;
                 let r = xen_sim::demo::run_demo(&exe, &dir, &mut stdout).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                r
+            }
+            Command::Bench { iterations } => {
+                let dir =
+                    std::env::temp_dir().join(format!("xen-sim-bench-{}", std::process::id()));
+                let r = xen_sim::bench::run(&dir, iterations, &mut stdout).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 r
             }

@@ -206,7 +206,7 @@ impl GrantMapper for SimGrants {
                     domid: g.domid,
                     gref: g.gref,
                     offset: g.offset,
-                    data: src.to_vec(),
+                    data: serde_bytes::ByteBuf::from(src.to_vec()),
                 },
             });
         }

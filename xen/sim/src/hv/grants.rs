@@ -10,6 +10,8 @@ use xen_abi::grant_table::{
 };
 use xen_abi::{DomId, GrantRef, PAGE_SIZE};
 
+use serde_bytes::ByteBuf;
+
 use super::proto::{CopySegment, Reply};
 use super::{error, Answer, ConnId, MapRecord, State};
 
@@ -222,7 +224,7 @@ impl State {
             if usize::from(offset) + len > PAGE_SIZE {
                 statuses.push(status::BAD_COPY_ARG);
                 if is_read {
-                    data.push(Vec::new());
+                    data.push(ByteBuf::new());
                 }
                 continue;
             }
@@ -231,7 +233,7 @@ impl State {
                 Err(st) => {
                     statuses.push(st);
                     if is_read {
-                        data.push(Vec::new());
+                        data.push(ByteBuf::new());
                     }
                     continue;
                 }
@@ -250,7 +252,7 @@ impl State {
                             len,
                         )
                     };
-                    data.push(buf);
+                    data.push(ByteBuf::from(buf));
                     statuses.push(status::OKAY);
                 }
                 (Some(page), CopySegment::ToGrant { data: bytes, .. }) => {
@@ -267,7 +269,7 @@ impl State {
                 (None, _) => {
                     statuses.push(status::BAD_PAGE);
                     if is_read {
-                        data.push(Vec::new());
+                        data.push(ByteBuf::new());
                     }
                 }
             }

@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use bincode::Options;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use xen_abi::{DomId, GrantRef, Port};
 
 /// Largest frame either side accepts.
@@ -50,7 +51,7 @@ pub enum CopySegment {
         /// Offset in the page.
         offset: u16,
         /// The bytes.
-        data: Vec<u8>,
+        data: ByteBuf,
     },
 }
 
@@ -195,7 +196,7 @@ pub enum Reply {
         /// `GNTST_*` per segment.
         status: Vec<i16>,
         /// Bytes read, per `FromGrant` segment.
-        data: Vec<Vec<u8>>,
+        data: Vec<ByteBuf>,
     },
     /// Pages granted.
     Granted {
