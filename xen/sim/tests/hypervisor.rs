@@ -368,3 +368,41 @@ async fn credentials_and_privileges_are_checked() {
         "the toolstack's keys are read-only to the guest"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_hypercall_clients_lose_only_their_connection() {
+    use std::io::{Read, Write};
+    let w = world("hostile").await;
+    let socket = w.dir.join(xen_sim::domain::HYPERVISOR_SOCKET);
+    // Garbage instead of a hello, then a frame announcing 4 GiB.
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    raw.write_all(&[0xff; 64]).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "hung up");
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    raw.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "hung up");
+    // A domain that does not exist, and too many connections for one domain.
+    let ghost = Credentials {
+        domid: 999,
+        ..w.a.credentials().clone()
+    };
+    assert!(SimDomain::new(ghost).evtchn().is_err());
+    let mut held = Vec::new();
+    let mut refused = false;
+    for _ in 0..300 {
+        match w.a.evtchn() {
+            Ok(h) => held.push(h),
+            Err(e) => {
+                assert!(e.to_string().contains("too many"), "{e}");
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "connections per domain are capped");
+    drop(held);
+    // Everyone else is still served.
+    let eb = w.b.evtchn().unwrap();
+    assert!(eb.bind_unbound_port(w.a.domid()).is_ok());
+}

@@ -29,6 +29,9 @@ pub use domain::DomainConfig;
 use proto::{DomainInfo, Reply, Request};
 pub use server::serve;
 
+/// Connections one domain may hold open (each is a thread in the broker).
+const MAX_CONNECTIONS_PER_DOMAIN: usize = 256;
+
 /// Identifies a connection to the broker.
 pub(crate) type ConnId = u64;
 
@@ -227,6 +230,13 @@ impl Hypervisor {
             return Err(error(
                 libc::EBUSY,
                 format!("domain {} already has a primary process", hello.domid),
+            ));
+        }
+        let open = st.conns.values().filter(|c| c.domid == hello.domid).count();
+        if hello.domid != 0 && open >= MAX_CONNECTIONS_PER_DOMAIN {
+            return Err(error(
+                libc::EMFILE,
+                format!("domain {} has too many hypervisor connections", hello.domid),
             ));
         }
         let id = st.next_conn;

@@ -268,7 +268,9 @@ pub fn get_perms(nodes: &mut impl Nodes, caller: Caller, path: &str) -> Result<V
 
 /// Creates `path` and any missing ancestors, as xenstored's `construct_node` does: the closest
 /// existing ancestor must be writable by the caller; new nodes inherit their parent's
-/// permissions, and an unprivileged creator owns what it creates.
+/// permissions, and an unprivileged creator owns what it creates. Implicitly created ancestors
+/// fire no watches of their own (a watch on an ancestor hears about `path`, below it). The walk
+/// is iterative: a domain chooses the depth.
 fn create(
     nodes: &mut impl Nodes,
     caller: Caller,
@@ -277,53 +279,55 @@ fn create(
     value: Vec<u8>,
     changes: &mut Vec<Change>,
 ) -> Result<(), XsErrno> {
-    let parent_path = parent_of(path).ok_or(XsErrno::EINVAL)?;
-    let mut parent = match nodes.get(parent_path) {
-        Some(p) => {
-            if !caller.access(&p.perms).can_write() {
-                return Err(XsErrno::EACCES);
+    let mut missing = vec![path];
+    let mut parent_path = parent_of(path).ok_or(XsErrno::EINVAL)?;
+    let mut parent = loop {
+        match nodes.get(parent_path) {
+            Some(p) => break p,
+            None => {
+                missing.push(parent_path);
+                parent_path = parent_of(parent_path).ok_or(XsErrno::EINVAL)?;
             }
-            p
-        }
-        None => {
-            // Implicitly created ancestors fire no watches of their own (as in xenstored): a
-            // watch on an ancestor hears about `path`, which lies below it.
-            create(
-                nodes,
-                caller,
-                quotas,
-                parent_path,
-                Vec::new(),
-                &mut Vec::new(),
-            )?;
-            nodes.get(parent_path).ok_or(XsErrno::EIO)?
         }
     };
-    if !caller.privileged() && nodes.owned_by(caller.domid) >= quotas.nodes {
+    if !caller.access(&parent.perms).can_write() {
+        return Err(XsErrno::EACCES);
+    }
+    if !caller.privileged() && nodes.owned_by(caller.domid) + missing.len() > quotas.nodes {
         return Err(XsErrno::ENOSPC);
     }
-    let mut perms = parent.perms.clone();
-    if !caller.privileged() {
-        if let Some(first) = perms.first_mut() {
-            first.domid = caller.domid;
+    let mut value = Some(value);
+    while let Some(child) = missing.pop() {
+        let mut perms = parent.perms.clone();
+        if !caller.privileged() {
+            if let Some(first) = perms.first_mut() {
+                first.domid = caller.domid;
+            }
         }
-    }
-    parent.children.insert(basename(path).to_string());
-    nodes.put(parent_path, parent);
-    nodes.put(
-        path,
-        Node {
-            value,
+        parent.children.insert(basename(child).to_string());
+        nodes.put(parent_path, parent);
+        let node_value = if missing.is_empty() {
+            value.take().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let node = Node {
+            value: node_value,
             perms: perms.clone(),
             children: BTreeSet::new(),
             generation: 0,
-        },
-    );
-    changes.push(Change {
-        path: path.to_string(),
-        exact: false,
-        perms,
-    });
+        };
+        nodes.put(child, node.clone());
+        if missing.is_empty() {
+            changes.push(Change {
+                path: child.to_string(),
+                exact: false,
+                perms,
+            });
+        }
+        parent_path = child;
+        parent = node;
+    }
     Ok(())
 }
 
