@@ -37,6 +37,38 @@ impl State {
             .is_some_and(|r| r != remote)
     }
 
+    /// Gives `domid` a new port in state `kind` with the eventfd pair `rx`/`tx`, owned by
+    /// `conn`. Returns the answer and, on success, the port.
+    fn insert_port(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        kind: PortKind,
+        rx: Arc<OwnedFd>,
+        tx: Arc<OwnedFd>,
+    ) -> (Answer, Option<Port>) {
+        let Some(dom) = self.domains.get_mut(&domid) else {
+            return (error(libc::ESRCH, "no such domain").into(), None);
+        };
+        let Some(port) = dom.free_port() else {
+            return (
+                error(libc::ENOSPC, "no free event channel ports").into(),
+                None,
+            );
+        };
+        let answer = port_answer(port, &rx, &tx);
+        dom.ports.insert(
+            port,
+            PortState {
+                owner: conn,
+                kind,
+                rx,
+                tx,
+            },
+        );
+        (answer, Some(port))
+    }
+
     pub(crate) fn alloc_unbound(&mut self, conn: ConnId, domid: DomId, remote: DomId) -> Answer {
         if self.restricted(conn, remote) {
             return error(
@@ -52,23 +84,8 @@ impl State {
             (Ok(r), Ok(t)) => (r, t),
             _ => return error(libc::EMFILE, "out of eventfds").into(),
         };
-        let Some(dom) = self.domains.get_mut(&domid) else {
-            return error(libc::ESRCH, "no such domain").into();
-        };
-        let Some(port) = dom.free_port() else {
-            return error(libc::ENOSPC, "no free event channel ports").into();
-        };
-        let answer = port_answer(port, &rx, &tx);
-        dom.ports.insert(
-            port,
-            PortState {
-                owner: conn,
-                kind: PortKind::Unbound { remote },
-                rx,
-                tx,
-            },
-        );
-        answer
+        self.insert_port(conn, domid, PortKind::Unbound { remote }, rx, tx)
+            .0
     }
 
     pub(crate) fn bind_interdomain(
@@ -104,25 +121,17 @@ impl State {
         }
         // Our side receives on the remote's `tx` and notifies through its `rx`.
         let (rx, tx) = (Arc::clone(&rport.tx), Arc::clone(&rport.rx));
-        let Some(dom) = self.domains.get_mut(&domid) else {
-            return error(libc::ESRCH, "no such domain").into();
-        };
-        let Some(port) = dom.free_port() else {
-            return error(libc::ENOSPC, "no free event channel ports").into();
-        };
-        let answer = port_answer(port, &rx, &tx);
-        dom.ports.insert(
-            port,
-            PortState {
-                owner: conn,
-                kind: PortKind::Interdomain {
-                    remote,
-                    remote_port,
-                },
-                rx,
-                tx,
+        let (answer, port) = self.insert_port(
+            conn,
+            domid,
+            PortKind::Interdomain {
+                remote,
+                remote_port,
             },
+            rx,
+            tx,
         );
+        let Some(port) = port else { return answer };
         if let Some(rport) = self
             .domains
             .get_mut(&remote)
