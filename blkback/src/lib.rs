@@ -1,0 +1,5 @@
+//! blkback: a userspace Xen block backend.
+//!
+//! - [`storage`]: the disks it serves (raw files and block devices on io_uring).
+
+pub mod storage;

@@ -1,0 +1,235 @@
+//! Raw files and block devices on io_uring, with `O_DIRECT` where the backing allows it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use io_uring::{opcode, types, IoUring};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::{Completion, Disk, DiskInfo, Op, Queue, QueueFull};
+
+/// `BLKGETSIZE64`: device size in bytes.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// `BLKSSZGET`: logical sector size.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+/// `BLKPBSZGET`: physical sector size.
+const BLKPBSZGET: libc::c_ulong = 0x127b;
+
+/// How to open a raw disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RawOptions {
+    /// Open read-only (the `mode` key is `r`).
+    pub read_only: bool,
+    /// Logical sector size to present for a regular file (block devices report their own).
+    pub sector_size: Option<u32>,
+    /// Never use `O_DIRECT` (for tests that want the page cache).
+    pub buffered: bool,
+}
+
+/// A raw file or block device.
+pub struct RawDisk {
+    file: Arc<File>,
+    info: DiskInfo,
+}
+
+fn ioctl_value<T: Default>(file: &File, request: libc::c_ulong) -> io::Result<T> {
+    let mut value = T::default();
+    // SAFETY: `request` is a block-device ioctl that writes one `T` into the pointer we pass,
+    // which is valid for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), request as _, &mut value as *mut T) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+fn open(path: &Path, read_only: bool, direct: bool) -> io::Result<File> {
+    let mut flags = libc::O_CLOEXEC;
+    if direct {
+        flags |= libc::O_DIRECT;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(flags)
+        .open(path)
+}
+
+impl RawDisk {
+    /// Opens `path` (a regular file or a block device).
+    pub fn open(path: &Path, options: RawOptions) -> io::Result<Self> {
+        let direct = !options.buffered;
+        let (file, buffered) = match open(path, options.read_only, direct) {
+            Ok(f) => (f, !direct),
+            // tmpfs and some filesystems refuse O_DIRECT: fall back to the page cache, and
+            // make flushes real fdatasyncs (they always are).
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                (open(path, options.read_only, false)?, true)
+            }
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let (bytes, logical, physical, discard) = if meta.file_type().is_block_device() {
+            let bytes: u64 = ioctl_value(&file, BLKGETSIZE64)?;
+            let logical: libc::c_int = ioctl_value(&file, BLKSSZGET)?;
+            let physical: libc::c_uint = ioctl_value(&file, BLKPBSZGET)?;
+            (bytes, logical.max(512) as u32, physical.max(512), true)
+        } else if meta.file_type().is_file() {
+            let logical = options.sector_size.unwrap_or(512);
+            (meta.len(), logical, logical, true)
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is neither a file nor a block device", path.display()),
+            ));
+        };
+        if !logical.is_power_of_two() || logical < 512 || physical % logical != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("sector size {logical} (physical {physical}) is not usable"),
+            ));
+        }
+        let usable = bytes - bytes % u64::from(physical);
+        let info = DiskInfo {
+            sectors: usable / 512,
+            sector_size: logical,
+            physical_sector_size: physical,
+            read_only: options.read_only,
+            discard: discard && !options.read_only,
+            buffered,
+        };
+        Ok(Self {
+            file: Arc::new(file),
+            info,
+        })
+    }
+}
+
+impl Disk for RawDisk {
+    fn info(&self) -> DiskInfo {
+        self.info
+    }
+
+    fn open_queue(&self, depth: u32) -> io::Result<Box<dyn Queue>> {
+        Ok(Box::new(UringQueue::new(Arc::clone(&self.file), depth)?))
+    }
+}
+
+/// One io_uring per worker, with an eventfd that signals completions.
+struct UringQueue {
+    ring: IoUring,
+    file: Arc<File>,
+    eventfd: OwnedFd,
+    in_flight: usize,
+    depth: usize,
+}
+
+impl UringQueue {
+    fn new(file: Arc<File>, depth: u32) -> io::Result<Self> {
+        let depth = depth.clamp(1, 4096).next_power_of_two();
+        let ring = IoUring::builder().setup_cqsize(depth * 2).build(depth)?;
+        let eventfd = OwnedFd::from(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        Ok(Self {
+            ring,
+            file,
+            eventfd,
+            in_flight: 0,
+            depth: depth as usize,
+        })
+    }
+}
+
+impl Queue for UringQueue {
+    unsafe fn push(&mut self, op: Op, tag: u64) -> Result<(), QueueFull> {
+        if self.in_flight >= self.depth {
+            return Err(QueueFull);
+        }
+        let fd = types::Fd(self.file.as_raw_fd());
+        let entry = match op {
+            Op::Read {
+                offset,
+                iov,
+                iov_len,
+            } => opcode::Readv::new(fd, iov, iov_len).offset(offset).build(),
+            Op::Write {
+                offset,
+                iov,
+                iov_len,
+            } => opcode::Writev::new(fd, iov, iov_len).offset(offset).build(),
+            Op::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            Op::Discard { offset, len } => opcode::Fallocate::new(fd, len)
+                .offset(offset)
+                .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                .build(),
+        }
+        .user_data(tag);
+        // SAFETY: the caller guarantees (this method's contract) that the buffers and iovecs
+        // outlive the operation; the file is kept open by `self.file` for the queue's life.
+        unsafe { self.ring.submission().push(&entry) }.map_err(|_| QueueFull)?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn completions(&mut self, out: &mut Vec<Completion>) {
+        let mut counter = [0u8; 8];
+        let _ = nix::unistd::read(self.eventfd.as_fd().as_raw_fd(), &mut counter);
+        for cqe in self.ring.completion() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            out.push(Completion {
+                tag: cqe.user_data(),
+                result: cqe.result(),
+            });
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn completion_fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+}
+
+impl Drop for UringQueue {
+    /// Waits for every operation still in the kernel: their buffers belong to the caller, who
+    /// must not see them released while the kernel may still write into them.
+    fn drop(&mut self) {
+        let mut sink = Vec::new();
+        while self.in_flight > 0 {
+            if self.ring.submit_and_wait(1).is_err() {
+                // Cannot wait: leak the ring rather than free memory the kernel may touch.
+                let ring = std::mem::replace(
+                    &mut self.ring,
+                    match IoUring::new(1) {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    },
+                );
+                std::mem::forget(ring);
+                return;
+            }
+            self.completions(&mut sink);
+        }
+    }
+}
