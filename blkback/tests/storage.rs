@@ -24,9 +24,9 @@ fn wait(queue: &mut dyn Queue, n: usize) -> Vec<Completion> {
 }
 
 fn iov(mem: &HeapPages, offset: usize, len: usize) -> libc::iovec {
-    // SAFETY: offset + len lies within the allocation (callers pass in-range values).
+    assert!(offset + len <= mem.len());
     libc::iovec {
-        iov_base: unsafe { mem.as_ptr().add(offset) }.cast(),
+        iov_base: mem.as_ptr().wrapping_add(offset).cast(),
         iov_len: len,
     }
 }
