@@ -1,0 +1,602 @@
+//! One ring worker: a thread per queue that owns its ring, its event channel, its io_uring
+//! queue and its grant mappings, and serves the frontend's requests.
+//!
+//! The loop: wait (epoll) for an event, completions or a stop request; finish completed I/O
+//! (unmapping before responding); then run passes over the ring — copy each request once,
+//! validate it, map its data, submit its first operation — until the final check finds nothing;
+//! only then unmask the event channel, so a frontend that notifies in a loop costs at most one
+//! pass per wake-up. A bogus producer index halts this ring only.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use xen_abi::blkif::{BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SEGS_PER_INDIRECT_FRAME};
+use xen_abi::{DomId, GrantRef, Port};
+use xen_blkif::{
+    check_extent, parse_indirect_page, parse_slot, Abi, Limits, Request, RwOp, Segment, SegmentList,
+};
+use xen_evtchn::EventChannel;
+use xen_grant::GrantMapper;
+
+use crate::grants::{GrantCache, Held};
+use crate::ring::AnyRing;
+use crate::stats::QueueStats;
+use crate::storage::{Completion, Disk, Op, Queue};
+
+/// What the control plane negotiated for one queue.
+#[derive(Debug, Clone)]
+pub struct RingSpec {
+    /// The frontend domain.
+    pub frontend: DomId,
+    /// Grants of the ring pages, in order.
+    pub ring_refs: Vec<GrantRef>,
+    /// The frontend's event channel port for this queue.
+    pub port: Port,
+    /// The frontend's ABI.
+    pub abi: Abi,
+    /// Persistent grants negotiated.
+    pub persistent: bool,
+    /// What requests are checked against.
+    pub limits: Limits,
+    /// Thread name (`blkback-d<fe>-<devid>-q<n>`).
+    pub name: String,
+    /// Re-attach to a live ring at its published response index (backend restart).
+    pub reattach: bool,
+}
+
+/// Why a queue could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Guest fault: the ring grants could not be mapped.
+    #[error("cannot map the ring: {0}")]
+    MapRing(xen_grant::Error),
+    /// Guest fault: the ring is unusable (too small, bogus indices).
+    #[error("bad ring: {0}")]
+    Ring(xen_ring::RingError),
+    /// Guest fault: the event channel could not be bound.
+    #[error("cannot bind the event channel: {0}")]
+    Bind(xen_evtchn::Error),
+    /// Host fault.
+    #[error("cannot start the queue: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<nix::errno::Errno> for StartError {
+    fn from(e: nix::errno::Errno) -> Self {
+        Self::Io(e.into())
+    }
+}
+
+/// A running queue.
+pub struct RingHandle {
+    stop: Arc<OwnedFd>,
+    failed: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RingHandle {
+    /// Whether the ring was halted because the frontend misbehaved.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Stops the queue: no new requests are taken, in-flight I/O completes and is answered,
+    /// every grant is unmapped and the port unbound. Returns when all of that is done.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = nix::unistd::write(&*self.stop, &1u64.to_ne_bytes());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RingHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// `iovec`s into this worker's grant mappings.
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the pointers refer to grant mappings owned by the same worker (held by its in-flight
+// entry or its cache); they move with the worker to its thread and are used only there.
+unsafe impl Send for IoVecs {}
+
+enum Phase {
+    Data { write: bool, offset: u64 },
+    Flush,
+    Discard { offset: u64, len: u64 },
+}
+
+struct InFlight<M> {
+    id: u64,
+    operation: u8,
+    phases: VecDeque<Phase>,
+    /// Whether the operation in the kernel now is the data transfer.
+    in_data_phase: bool,
+    /// The `iovec`s the current data phase points the kernel at; never resized while in flight.
+    iovecs: IoVecs,
+    expected: usize,
+    held: Vec<Held<M>>,
+    started: Instant,
+    kind: Kind,
+    sectors: u64,
+    barrier: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Read,
+    Write,
+    Flush,
+    Discard,
+}
+
+/// Starts a queue: maps its ring, binds its port, opens its storage queue, spawns its thread.
+pub fn start_ring<G, E>(
+    spec: RingSpec,
+    mapper: Arc<G>,
+    evtchn: E,
+    disk: &dyn Disk,
+    stats: Arc<QueueStats>,
+) -> Result<RingHandle, StartError>
+where
+    G: GrantMapper + 'static,
+    E: EventChannel + 'static,
+{
+    let mem = mapper
+        .map(spec.frontend, &spec.ring_refs, true)
+        .map_err(StartError::MapRing)?;
+    let ring = AnyRing::attach(spec.abi, mem, spec.reattach).map_err(StartError::Ring)?;
+    let local_port = evtchn
+        .bind_interdomain(spec.frontend, spec.port)
+        .map_err(StartError::Bind)?;
+    let queue = disk.open_queue(ring.size())?;
+    let stop = Arc::new(OwnedFd::from(EventFd::from_flags(
+        EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+    )?));
+    let failed = Arc::new(AtomicBool::new(false));
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    for (fd, token) in [
+        (evtchn.readiness_fd(), 0u64),
+        (queue.completion_fd(), 1),
+        (stop.as_raw_fd(), 2),
+    ] {
+        // SAFETY: each descriptor is owned by `evtchn`, `queue` or `stop`, all of which the
+        // worker keeps for as long as `epoll`.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+    }
+    let slots = ring.size() as usize;
+    let mut worker = Worker {
+        queue,
+        inflight: (0..slots).map(|_| None).collect(),
+        free: (0..slots).rev().collect(),
+        blocked: None,
+        barrier_active: false,
+        cache: GrantCache::new(mapper, spec.frontend, spec.persistent, Arc::clone(&stats)),
+        ring,
+        evtchn,
+        local_port,
+        epoll,
+        stop_fd: Arc::clone(&stop),
+        abi: spec.abi,
+        limits: spec.limits,
+        stats,
+        failed: Arc::clone(&failed),
+        notify: false,
+        halted: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name(spec.name.clone())
+        .spawn(move || worker.run())?;
+    Ok(RingHandle {
+        stop,
+        failed,
+        thread: Some(thread),
+    })
+}
+
+struct Worker<G: GrantMapper, E: EventChannel> {
+    // Field order is drop order: the storage queue goes first (its drop waits for every
+    // operation the kernel still holds), then the in-flight requests and the cache that own
+    // the grant mappings those operations pointed into, then the ring mapping.
+    queue: Box<dyn Queue>,
+    inflight: Vec<Option<InFlight<G::Mapping>>>,
+    free: Vec<usize>,
+    blocked: Option<Request>,
+    barrier_active: bool,
+    cache: GrantCache<G>,
+    ring: AnyRing<G::Mapping>,
+    evtchn: E,
+    local_port: Port,
+    epoll: Epoll,
+    stop_fd: Arc<OwnedFd>,
+    abi: Abi,
+    limits: Limits,
+    stats: Arc<QueueStats>,
+    failed: Arc<AtomicBool>,
+    notify: bool,
+    halted: bool,
+}
+
+fn drain(fd: RawFd) {
+    let mut buf = [0u8; 8];
+    let _ = nix::unistd::read(fd, &mut buf);
+}
+
+impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
+    fn in_flight(&self) -> usize {
+        self.inflight.len() - self.free.len()
+    }
+
+    fn run(&mut self) {
+        let mut stopping = false;
+        let mut events = [EpollEvent::empty(); 4];
+        let mut done = Vec::new();
+        // A frontend may have queued requests before we bound the port.
+        self.service_ring();
+        loop {
+            if stopping && self.in_flight() == 0 {
+                break;
+            }
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("blkback queue: epoll failed: {e}");
+                    break;
+                }
+            };
+            let mut kicked = false;
+            for ev in events.iter().take(n) {
+                match ev.data() {
+                    0 => kicked = true,
+                    2 => {
+                        drain(self.stop_fd.as_raw_fd());
+                        stopping = true;
+                    }
+                    _ => {}
+                }
+            }
+            done.clear();
+            self.queue.completions(&mut done);
+            for c in done.drain(..) {
+                self.complete(c);
+            }
+            if kicked {
+                let mut ports = Vec::new();
+                while let Ok(Some(p)) = self.evtchn.pending() {
+                    ports.push(p);
+                }
+                if !stopping {
+                    self.service_ring();
+                }
+                for p in ports {
+                    let _ = self.evtchn.unmask(p);
+                }
+            } else if !stopping && (self.blocked.is_some() || self.barrier_active) {
+                self.service_ring();
+            }
+            if let Err(e) = self.queue.submit() {
+                tracing::error!("blkback queue: submit failed: {e}");
+            }
+            if std::mem::take(&mut self.notify) {
+                let _ = self.evtchn.notify(self.local_port);
+            }
+        }
+        self.cache.clear();
+        let _ = self.evtchn.unbind(self.local_port);
+    }
+
+    fn respond(&mut self, id: u64, operation: u8, status: i16) {
+        if status != BLKIF_RSP_OKAY {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.ring.respond(id, operation, status) {
+            Ok(notify) => self.notify |= notify,
+            Err(e) => tracing::error!("blkback queue: cannot respond: {e}"),
+        }
+    }
+
+    fn halt(&mut self, e: xen_ring::RingError) {
+        if !self.halted {
+            tracing::warn!("blkback queue: {e}");
+        }
+        self.halted = true;
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// Runs passes over the ring until the final check finds nothing (or a barrier waits).
+    fn service_ring(&mut self) {
+        if self.halted {
+            return;
+        }
+        loop {
+            if let Some(req) = self.blocked.take() {
+                if self.in_flight() > 0 {
+                    self.blocked = Some(req);
+                    return;
+                }
+                self.start(req);
+            }
+            if self.barrier_active {
+                return;
+            }
+            let room = self.free.len() as u32;
+            if room == 0 {
+                return;
+            }
+            if let Err(e) = self.ring.begin_pass(room) {
+                return self.halt(e);
+            }
+            while let Some(slot) = self.ring.pop() {
+                match parse_slot(self.abi, &slot, &self.limits) {
+                    Err(rej) => {
+                        tracing::debug!(
+                            id = rej.id,
+                            op = rej.operation,
+                            "blkback: refused request: {}",
+                            rej.reason
+                        );
+                        self.respond(rej.id, rej.operation, rej.status);
+                    }
+                    Ok(req) if needs_drain(&req) && self.in_flight() > 0 => {
+                        self.blocked = Some(req);
+                        return;
+                    }
+                    Ok(req) => self.start(req),
+                }
+                if self.barrier_active {
+                    return;
+                }
+            }
+            if let Err(e) = self.queue.submit() {
+                tracing::error!("blkback queue: submit failed: {e}");
+            }
+            match self.ring.final_check() {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(e) => return self.halt(e),
+            }
+        }
+    }
+
+    /// Reads the segment descriptors of an indirect request out of its pages.
+    fn indirect_segments(
+        &mut self,
+        nr: u16,
+        pages: &[GrantRef],
+    ) -> Result<Vec<Segment>, &'static str> {
+        let copy = self
+            .cache
+            .read_pages(pages)
+            .map_err(|_| "cannot map indirect pages")?;
+        let mut out = Vec::with_capacity(usize::from(nr));
+        let mut left = usize::from(nr);
+        for page in copy.chunks(xen_abi::PAGE_SIZE) {
+            let n = left.min(SEGS_PER_INDIRECT_FRAME);
+            out.extend(parse_indirect_page(page, n, &self.limits)?);
+            left -= n;
+        }
+        Ok(out)
+    }
+
+    fn start(&mut self, req: Request) {
+        let id = req.id();
+        let operation = req.operation();
+        let (phases, kind, segments, writable, sectors, barrier) = match req {
+            Request::ReadWrite {
+                op,
+                sector,
+                segments,
+                flush_after,
+                barrier,
+                ..
+            } => {
+                let segments = match segments {
+                    SegmentList::Direct(s) => s,
+                    SegmentList::Indirect { nr_segments, pages } => {
+                        self.stats.indirect.fetch_add(1, Ordering::Relaxed);
+                        match self.indirect_segments(nr_segments, &pages) {
+                            Ok(s) => s,
+                            Err(reason) => {
+                                tracing::debug!(id, "blkback: bad indirect request: {reason}");
+                                return self.respond(id, operation, BLKIF_RSP_ERROR);
+                            }
+                        }
+                    }
+                };
+                let total: u64 = segments.iter().map(Segment::sectors).sum();
+                if let Err(reason) = check_extent(sector, total, &self.limits) {
+                    tracing::debug!(id, "blkback: bad request extent: {reason}");
+                    return self.respond(id, operation, BLKIF_RSP_ERROR);
+                }
+                let write = op == RwOp::Write;
+                let data = Phase::Data {
+                    write,
+                    offset: sector * 512,
+                };
+                let phases: VecDeque<Phase> = match (barrier, flush_after) {
+                    (true, _) => [Phase::Flush, data, Phase::Flush].into(),
+                    (false, true) => [data, Phase::Flush].into(),
+                    _ => [data].into(),
+                };
+                let kind = if write { Kind::Write } else { Kind::Read };
+                (phases, kind, segments, !write, total, barrier)
+            }
+            Request::Flush { .. } => {
+                let barrier = operation == xen_abi::blkif::BLKIF_OP_WRITE_BARRIER;
+                (
+                    [Phase::Flush].into(),
+                    Kind::Flush,
+                    Vec::new(),
+                    false,
+                    0,
+                    barrier,
+                )
+            }
+            Request::Discard {
+                sector, nr_sectors, ..
+            } => {
+                let phase = Phase::Discard {
+                    offset: sector * 512,
+                    len: nr_sectors * 512,
+                };
+                (
+                    [phase].into(),
+                    Kind::Discard,
+                    Vec::new(),
+                    false,
+                    nr_sectors,
+                    false,
+                )
+            }
+        };
+        let (iovecs, held) = if segments.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            match self.cache.map(&segments, writable) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(id, "blkback: grant map failed: {e}");
+                    return self.respond(id, operation, BLKIF_RSP_ERROR);
+                }
+            }
+        };
+        let Some(tag) = self.free.pop() else {
+            self.cache.release(held);
+            return self.respond(id, operation, BLKIF_RSP_ERROR);
+        };
+        let expected = iovecs.iter().map(|v| v.iov_len).sum();
+        let iovecs = IoVecs(iovecs);
+        let req = InFlight {
+            id,
+            operation,
+            phases,
+            in_data_phase: false,
+            iovecs,
+            expected,
+            held,
+            started: Instant::now(),
+            kind,
+            sectors,
+            barrier,
+        };
+        if let Some(slot) = self.inflight.get_mut(tag) {
+            *slot = Some(req);
+        }
+        self.barrier_active |= barrier;
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.next_phase(tag);
+    }
+
+    /// Submits the next phase of request `tag`, or finishes it.
+    fn next_phase(&mut self, tag: usize) {
+        let Some(req) = self.inflight.get_mut(tag).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(phase) = req.phases.pop_front() else {
+            return self.finish(tag, BLKIF_RSP_OKAY);
+        };
+        req.in_data_phase = matches!(phase, Phase::Data { .. });
+        let op = match phase {
+            Phase::Data { write, offset } => {
+                let (iov, iov_len) = (req.iovecs.0.as_ptr(), req.iovecs.0.len() as u32);
+                if write {
+                    Op::Write {
+                        offset,
+                        iov,
+                        iov_len,
+                    }
+                } else {
+                    Op::Read {
+                        offset,
+                        iov,
+                        iov_len,
+                    }
+                }
+            }
+            Phase::Flush => Op::Flush,
+            Phase::Discard { offset, len } => Op::Discard { offset, len },
+        };
+        // SAFETY: the iovecs live in the in-flight entry and point into grant mappings it holds;
+        // neither is touched or released until this tag's completion (the queue is dropped
+        // before the in-flight table, see `Worker`).
+        if unsafe { self.queue.push(op, tag as u64) }.is_err() {
+            self.finish(tag, BLKIF_RSP_ERROR);
+        }
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let tag = c.tag as usize;
+        let Some(req) = self.inflight.get(tag).and_then(Option::as_ref) else {
+            return;
+        };
+        // A data transfer must move every byte (a short read at the end of the disk cannot
+        // happen for a validated extent, so short means failed); flushes and discards return 0.
+        let ok = if req.in_data_phase {
+            c.result >= 0 && c.result as usize == req.expected
+        } else {
+            c.result == 0
+        };
+        if !ok {
+            tracing::debug!(id = req.id, result = c.result, "blkback: I/O failed");
+            return self.finish(tag, BLKIF_RSP_ERROR);
+        }
+        self.next_phase(tag);
+    }
+
+    /// Unmaps, then answers (the frontend may reuse its pages once it sees the response).
+    fn finish(&mut self, tag: usize, status: i16) {
+        let Some(req) = self.inflight.get_mut(tag).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(tag);
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.cache.release(req.held);
+        if req.barrier {
+            self.barrier_active = false;
+        }
+        if status == BLKIF_RSP_OKAY {
+            let counter = match req.kind {
+                Kind::Read => {
+                    self.stats
+                        .sectors_read
+                        .fetch_add(req.sectors, Ordering::Relaxed);
+                    &self.stats.reads
+                }
+                Kind::Write => {
+                    self.stats
+                        .sectors_written
+                        .fetch_add(req.sectors, Ordering::Relaxed);
+                    &self.stats.writes
+                }
+                Kind::Flush => &self.stats.flushes,
+                Kind::Discard => &self.stats.discards,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.record_latency(req.started.elapsed());
+        self.respond(req.id, req.operation, status);
+    }
+}
+
+/// Barriers wait for everything before them.
+fn needs_drain(req: &Request) -> bool {
+    match req {
+        Request::ReadWrite { barrier, .. } => *barrier,
+        Request::Flush { operation, .. } => *operation == xen_abi::blkif::BLKIF_OP_WRITE_BARRIER,
+        Request::Discard { .. } => false,
+    }
+}
