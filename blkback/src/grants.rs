@@ -28,6 +28,9 @@ pub(crate) enum Held<M> {
     Mapped(M),
 }
 
+/// A request's mapped data: one `iovec` per segment, and what keeps them mapped.
+pub(crate) type MappedData<M> = (Vec<libc::iovec>, Vec<Held<M>>);
+
 /// Per-queue grant mapping state.
 pub(crate) struct GrantCache<G: GrantMapper> {
     mapper: Arc<G>,
@@ -83,7 +86,7 @@ impl<G: GrantMapper> GrantCache<G> {
         &mut self,
         segments: &[Segment],
         writable: bool,
-    ) -> Result<(Vec<libc::iovec>, Vec<Held<G::Mapping>>), xen_grant::Error> {
+    ) -> Result<MappedData<G::Mapping>, xen_grant::Error> {
         let mut iovecs = Vec::with_capacity(segments.len());
         let mut held = Vec::new();
         if !self.persistent {
