@@ -151,32 +151,16 @@ impl<G: GrantMapper> GrantCache<G> {
     }
 
     /// Copies the contents of granted pages (indirect descriptor pages) into private memory.
+    /// They are mapped read-only for this copy only, whatever was negotiated: a frontend may
+    /// grant them read-only even with persistent grants.
     pub(crate) fn read_pages(&mut self, refs: &[GrantRef]) -> Result<Vec<u8>, xen_grant::Error> {
-        let segments: Vec<Segment> = refs
-            .iter()
-            .map(|&gref| Segment {
-                gref,
-                first_sect: 0,
-                last_sect: 7,
-            })
-            .collect();
-        let (iovecs, held) = self.map(&segments, false)?;
+        let mapping = self.mapper.map(self.domid, refs, false)?;
         let mut out = vec![0u8; refs.len() * PAGE_SIZE];
-        for (i, iov) in iovecs.iter().enumerate() {
-            if let Some(dst) = out.get_mut(i * PAGE_SIZE..(i + 1) * PAGE_SIZE) {
-                // SAFETY: `iov` covers one whole mapped page (segment 0..=7), held mapped by
-                // `held` until after this copy; the frontend may change it concurrently, which
-                // only changes the bytes of our private copy, validated afterwards.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        iov.iov_base.cast::<u8>(),
-                        dst.as_mut_ptr(),
-                        PAGE_SIZE,
-                    )
-                };
-            }
-        }
-        self.release(held);
+        let len = out.len().min(mapping.len());
+        // SAFETY: `len` bytes lie within the mapping, which stays mapped until after the copy;
+        // the frontend may change the pages concurrently, which only changes the bytes of our
+        // private copy, validated afterwards.
+        unsafe { std::ptr::copy_nonoverlapping(mapping.as_ptr(), out.as_mut_ptr(), len) };
         Ok(out)
     }
 
