@@ -1,10 +1,16 @@
 //! blkback: a userspace Xen block backend.
 //!
-//! - [`storage`]: the disks it serves (raw files and block devices on io_uring).
-//! - [`worker`]: one thread per queue serving a frontend's ring.
+//! - [`backend`]: watches the driver domain's backend directory; one device task per device.
+//! - [`device`]: the XenBus handshake of one device (features, connect, disconnect, restart).
+//! - [`worker`]: one thread per queue serving a frontend's ring on io_uring.
+//! - [`storage`]: the disks it serves (raw files and block devices).
+//! - [`platform`]: real Xen or the simulated host.
 //! - [`stats`]: counters per queue.
 
+pub mod backend;
+pub mod device;
 mod grants;
+pub mod platform;
 mod ring;
 pub mod stats;
 pub mod storage;

@@ -7,6 +7,7 @@
 //! the shared ring, the data pages and the port, and moves requests and responses.
 
 mod ring;
+pub mod xenbus;
 
 use std::collections::HashMap;
 
@@ -39,6 +40,9 @@ pub enum Error {
     /// No answer in time.
     #[error("no response from the backend in time")]
     Timeout,
+    /// The XenBus handshake failed.
+    #[error("xenstore: {0}")]
+    Xenstore(String),
 }
 
 /// Result of frontend operations.

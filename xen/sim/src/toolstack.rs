@@ -66,3 +66,114 @@ pub fn remove_domain_directory(xsd: &Xenstored, domid: DomId) -> Result<(), XsEr
     )
     .map(drop)
 }
+
+/// A split device to attach, as libxl writes it (`libxl__device_generic_add`).
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    /// The device kind (`vbd`, `vif`, ...).
+    pub kind: String,
+    /// The driver domain serving it.
+    pub backend: DomId,
+    /// The guest.
+    pub frontend: DomId,
+    /// The device id (for a disk, the virtual device number, e.g. 51712 for xvda).
+    pub devid: u32,
+    /// Extra backend keys (`params`, `mode`, ...).
+    pub backend_keys: Vec<(String, String)>,
+    /// Extra frontend keys (`virtual-device`, `device-type`, ...).
+    pub frontend_keys: Vec<(String, String)>,
+}
+
+/// Writes a device's frontend and backend directories in one transaction, with libxl's
+/// permissions: the frontend directory is the guest's (readable by the backend domain), the
+/// backend directory is the driver domain's (readable by the guest).
+pub async fn attach_device(xs: &xen_store::Xs, spec: &DeviceSpec) -> xen_store::Result<()> {
+    let fe = xen_store::path::frontend_path(spec.frontend, &spec.kind, spec.devid);
+    let be = xen_store::path::backend_path(spec.backend, &spec.kind, spec.frontend, spec.devid);
+    xs.transaction(|tx| {
+        let (fe, be, spec) = (fe.clone(), be.clone(), spec.clone());
+        async move {
+            tx.write(&fe, b"").await?;
+            tx.set_perms(
+                &fe,
+                &[
+                    Perm::new(spec.frontend, PermKind::None),
+                    Perm::new(spec.backend, PermKind::Read),
+                ],
+            )
+            .await?;
+            tx.write(&be, b"").await?;
+            tx.set_perms(
+                &be,
+                &[
+                    Perm::new(spec.backend, PermKind::None),
+                    Perm::new(spec.frontend, PermKind::Read),
+                ],
+            )
+            .await?;
+            let fe_keys = [
+                ("backend", be.clone()),
+                ("backend-id", spec.backend.to_string()),
+                ("state", "1".to_string()),
+            ];
+            for (k, v) in fe_keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .chain(spec.frontend_keys.iter().cloned())
+            {
+                tx.write(&format!("{fe}/{k}"), v.as_bytes()).await?;
+            }
+            let be_keys = [
+                ("frontend", fe.clone()),
+                ("frontend-id", spec.frontend.to_string()),
+                ("online", "1".to_string()),
+                ("state", "1".to_string()),
+            ];
+            for (k, v) in be_keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .chain(spec.backend_keys.iter().cloned())
+            {
+                tx.write(&format!("{be}/{k}"), v.as_bytes()).await?;
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Starts a device's removal as libxl does: `online` = 0 and the backend asked to close.
+pub async fn request_detach(
+    xs: &xen_store::Xs,
+    kind: &str,
+    backend: DomId,
+    frontend: DomId,
+    devid: u32,
+) -> xen_store::Result<()> {
+    let be = xen_store::path::backend_path(backend, kind, frontend, devid);
+    xs.transaction(|tx| {
+        let be = be.clone();
+        async move {
+            tx.write(&format!("{be}/online"), b"0").await?;
+            tx.write(&format!("{be}/state"), b"5").await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Removes a device's directories (after the backend reached `Closed`).
+pub async fn remove_device(
+    xs: &xen_store::Xs,
+    kind: &str,
+    backend: DomId,
+    frontend: DomId,
+    devid: u32,
+) -> xen_store::Result<()> {
+    xs.rm(&xen_store::path::frontend_path(frontend, kind, devid))
+        .await?;
+    xs.rm(&xen_store::path::backend_path(
+        backend, kind, frontend, devid,
+    ))
+    .await
+}

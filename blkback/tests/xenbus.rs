@@ -1,0 +1,309 @@
+//! The whole backend on the simulated host: the toolstack attaches a disk as libxl does, the
+//! Rust blkfront negotiates with blkback over xenstore, I/O flows, and the device is
+//! hot-unplugged, reconnected, and refused when the frontend's keys are wrong.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blkback::backend::Backend;
+use blkback::device::BackendConfig;
+use blkback::platform::SimPlatform;
+use blkfront::xenbus::{connect, wait_state, FrontOptions};
+use xen_abi::blkif::VDISK_READONLY;
+use xen_blkif::Abi;
+use xen_sim::toolstack::{attach_device, request_detach, DeviceSpec};
+use xen_sim::{Host, SimDomain};
+use xen_store::XenbusState;
+
+struct Rig {
+    host: Host,
+    dd: Arc<SimPlatform>,
+    guest: SimDomain,
+    dir: tempfile::TempDir,
+    backend_task: tokio::task::JoinHandle<()>,
+    stats: blkback::device::StatsRegistry,
+}
+
+async fn rig(config: BackendConfig) -> Rig {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let host = Host::start(&dir.path().join("run")).await.unwrap();
+    let dd = Arc::new(SimPlatform::new(SimDomain::new(
+        host.create_domain("storage-dd", 64).unwrap(),
+    )));
+    let guest = SimDomain::new(host.create_domain("guest", 4096).unwrap());
+    let xs = dd.domain().xenstore().await.unwrap();
+    let backend = Backend::new(Arc::clone(&dd), xs, config);
+    let stats = backend.stats();
+    let backend_task = tokio::spawn(async move {
+        let _ = backend.run().await;
+    });
+    Rig {
+        host,
+        dd,
+        guest,
+        dir,
+        backend_task,
+        stats,
+    }
+}
+
+async fn attach(rig: &Rig, devid: u32, bytes: u64, mode: &str) -> String {
+    let path = rig.dir.path().join(format!("disk{devid}.img"));
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
+    let dom0 = rig.host.xenstored().dom0_client().unwrap();
+    let spec = DeviceSpec {
+        kind: "vbd".into(),
+        backend: rig.dd.domain().domid(),
+        frontend: rig.guest.domid(),
+        devid,
+        backend_keys: vec![
+            ("params".into(), path.display().to_string()),
+            ("mode".into(), mode.into()),
+        ],
+        frontend_keys: vec![
+            ("virtual-device".into(), devid.to_string()),
+            ("device-type".into(), "disk".into()),
+        ],
+    };
+    attach_device(&dom0, &spec).await.unwrap();
+    xen_store::path::frontend_path(rig.guest.domid(), "vbd", devid)
+}
+
+fn handles(
+    guest: &SimDomain,
+) -> impl FnMut() -> (xen_sim::domain::SimGrants, xen_sim::domain::SimEvtchn) + '_ {
+    move || (guest.grants().unwrap(), guest.evtchn().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_negotiate_io_and_hot_unplug() {
+    let rig = rig(BackendConfig::default()).await;
+    let fe_dir = attach(&rig, 51712, 16 << 20, "w").await;
+    let gxs = rig.guest.xenstore().await.unwrap();
+    let opts = FrontOptions {
+        queues: 2,
+        ring_pages: 4,
+        abi: Abi::X86_64,
+        persistent: true,
+        indirect_segments: 256,
+    };
+    let mut dev = connect(&gxs, &fe_dir, opts, handles(&rig.guest))
+        .await
+        .unwrap();
+    assert_eq!((dev.sectors, dev.sector_size, dev.info), (32768, 512, 0));
+    assert_eq!(dev.queues.len(), 2);
+    assert_eq!(dev.queues[0].ring_size(), 128, "4-page rings");
+    let be = dev.backend_dir.clone();
+    for (k, v) in [
+        ("feature-persistent", "1"),
+        ("feature-max-indirect-segments", "256"),
+        ("max-ring-page-order", "4"),
+        ("multi-queue-max-queues", "4"),
+        ("feature-flush-cache", "1"),
+        ("feature-discard", "1"),
+    ] {
+        assert_eq!(
+            gxs.read_string(&format!("{be}/{k}")).await.unwrap(),
+            v,
+            "{k}"
+        );
+    }
+    for (q, front) in dev.queues.iter_mut().enumerate() {
+        let data = vec![q as u8 + 1; 64 * 1024];
+        front.write(q as u64 * 2048, &data).unwrap();
+        assert_eq!(front.read(q as u64 * 2048, 64 * 1024).unwrap(), data);
+    }
+    // Counters are visible to the supervisor.
+    let counted: u64 = rig
+        .stats
+        .lock()
+        .unwrap()
+        .values()
+        .flatten()
+        .map(|q| q.snapshot().writes)
+        .sum();
+    assert_eq!(counted, 2);
+    let refs: Vec<u32> = dev.queues[0].ring_refs().to_vec();
+    let port = dev.queues[0].port();
+    // Hot-unplug, as `xl block-detach`: the frontend follows the backend's Closing.
+    let dom0 = rig.host.xenstored().dom0_client().unwrap();
+    request_detach(
+        &dom0,
+        "vbd",
+        rig.dd.domain().domid(),
+        rig.guest.domid(),
+        51712,
+    )
+    .await
+    .unwrap();
+    wait_state(&gxs, &format!("{be}/state"), Duration::from_secs(10), |s| {
+        s == XenbusState::Closing
+    })
+    .await
+    .unwrap();
+    dev.close(&gxs).await.unwrap();
+    let hv = rig.host.hypervisor();
+    for r in refs {
+        assert_ne!(
+            hv.grant_in_use(rig.guest.domid(), r),
+            Some(true),
+            "the backend unmapped ring ref {r}"
+        );
+    }
+    assert_ne!(
+        hv.port_bound(rig.guest.domid(), port),
+        Some(true),
+        "the backend unbound its port"
+    );
+    assert_eq!(
+        gxs.read_state(&format!("{be}/state")).await.unwrap(),
+        XenbusState::Closed
+    );
+    rig.backend_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_disk_and_reconnect_with_new_rings() {
+    let rig = rig(BackendConfig::default()).await;
+    let fe_dir = attach(&rig, 51728, 4 << 20, "r").await;
+    let gxs = rig.guest.xenstore().await.unwrap();
+    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .unwrap();
+    assert_eq!(dev.info & VDISK_READONLY, VDISK_READONLY);
+    assert!(
+        dev.queues[0].write(0, &[1u8; 4096]).is_err(),
+        "writes to a read-only disk fail"
+    );
+    assert_eq!(dev.queues[0].read(0, 4096).unwrap(), vec![0u8; 4096]);
+    assert_eq!(
+        gxs.read_string(&format!("{}/feature-discard", dev.backend_dir))
+            .await
+            .unwrap(),
+        "0"
+    );
+    // The frontend closes and comes back with new rings (a guest driver reload).
+    let old_refs = dev.queues[0].ring_refs().to_vec();
+    dev.close(&gxs).await.unwrap();
+    gxs.write_state(&format!("{fe_dir}/state"), XenbusState::Initialising)
+        .await
+        .unwrap();
+    let opts = FrontOptions {
+        abi: Abi::X86_32,
+        ring_pages: 2,
+        ..FrontOptions::default()
+    };
+    let mut dev = connect(&gxs, &fe_dir, opts, handles(&rig.guest))
+        .await
+        .unwrap();
+    assert_ne!(dev.queues[0].ring_refs(), &old_refs[..]);
+    assert_eq!(dev.queues[0].read(8, 512).unwrap(), vec![0u8; 512]);
+    rig.backend_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frontend_keys_are_refused() {
+    let rig = rig(BackendConfig {
+        max_queues: 2,
+        max_ring_page_order: 1,
+        ..BackendConfig::default()
+    })
+    .await;
+    let gxs = rig.guest.xenstore().await.unwrap();
+    let cases: [(&str, Vec<(&str, &str)>); 6] = [
+        (
+            "ring-page-order above the maximum",
+            vec![
+                ("ring-page-order", "2"),
+                ("ring-ref0", "8"),
+                ("ring-ref1", "9"),
+                ("ring-ref2", "10"),
+                ("ring-ref3", "11"),
+                ("event-channel", "1"),
+            ],
+        ),
+        (
+            "zero queues",
+            vec![
+                ("multi-queue-num-queues", "0"),
+                ("ring-ref", "8"),
+                ("event-channel", "1"),
+            ],
+        ),
+        (
+            "too many queues",
+            vec![
+                ("multi-queue-num-queues", "3"),
+                ("ring-ref", "8"),
+                ("event-channel", "1"),
+            ],
+        ),
+        (
+            "missing ring-ref1",
+            vec![
+                ("ring-page-order", "1"),
+                ("ring-ref0", "8"),
+                ("event-channel", "1"),
+            ],
+        ),
+        (
+            "duplicated ring-ref",
+            vec![
+                ("ring-page-order", "1"),
+                ("ring-ref0", "8"),
+                ("ring-ref1", "8"),
+                ("event-channel", "1"),
+            ],
+        ),
+        (
+            "unknown protocol",
+            vec![
+                ("protocol", "arm-abi"),
+                ("ring-ref", "8"),
+                ("event-channel", "1"),
+            ],
+        ),
+    ];
+    for (devid, (what, keys)) in (1u32..).zip(cases) {
+        let fe_dir = attach(&rig, devid, 1 << 20, "w").await;
+        let be =
+            xen_store::path::backend_path(rig.dd.domain().domid(), "vbd", rig.guest.domid(), devid);
+        wait_state(&gxs, &format!("{be}/state"), Duration::from_secs(10), |s| {
+            s == XenbusState::InitWait
+        })
+        .await
+        .unwrap();
+        for (k, v) in keys {
+            gxs.write(&format!("{fe_dir}/{k}"), v.as_bytes())
+                .await
+                .unwrap();
+        }
+        gxs.write_state(&format!("{fe_dir}/state"), XenbusState::Initialised)
+            .await
+            .unwrap();
+        let s = wait_state(&gxs, &format!("{be}/state"), Duration::from_secs(10), |s| {
+            s != XenbusState::InitWait
+        })
+        .await
+        .unwrap();
+        assert_eq!(s, XenbusState::Closing, "{what}");
+        let error = gxs.read_string(&format!("{be}/error")).await.unwrap();
+        assert!(!error.is_empty(), "{what}: the backend says why");
+    }
+    // The backend still serves a well-behaved frontend.
+    let fe_dir = attach(&rig, 99, 1 << 20, "w").await;
+    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .unwrap();
+    dev.queues[0].write(0, &[7u8; 512]).unwrap();
+    rig.backend_task.abort();
+}
