@@ -1,0 +1,98 @@
+//! The `blkback` command: serve every block device placed on this driver domain.
+
+use std::sync::Arc;
+
+use clap::Parser;
+
+use crate::backend::Backend;
+use crate::device::BackendConfig;
+use crate::platform::{Platform, SimPlatform, XenPlatform};
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "blkback",
+    about = "Userspace Xen block backend (blkif on io_uring)"
+)]
+pub struct Options {
+    /// Where the Xen facilities come from: `sim` (the simulated host named by XEN_SIM) or `xen`
+    /// (/dev/xen/*). Default: `sim` when XEN_SIM is set, else `xen`.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// The device kind to serve (the `backend/<kind>` directory).
+    #[arg(long, default_value = "vbd")]
+    pub kind: String,
+    /// Largest `multi-queue-num-queues` accepted.
+    #[arg(long, default_value_t = 4)]
+    pub max_queues: u32,
+    /// Largest `ring-page-order` accepted (0..=4).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=4))]
+    pub max_ring_page_order: u32,
+    /// Segments per indirect request offered (0 disables indirect descriptors).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(0..=4096))]
+    pub max_indirect_segments: u16,
+    /// Do not offer persistent grants.
+    #[arg(long)]
+    pub no_persistent: bool,
+    /// Do not offer discard.
+    #[arg(long)]
+    pub no_discard: bool,
+}
+
+impl Options {
+    fn config(&self) -> BackendConfig {
+        BackendConfig {
+            kind: self.kind.clone(),
+            max_ring_page_order: self.max_ring_page_order,
+            max_queues: self.max_queues.max(1),
+            max_indirect_segments: self.max_indirect_segments,
+            persistent: !self.no_persistent,
+            flush: true,
+            barrier: true,
+            discard: !self.no_discard,
+        }
+    }
+}
+
+async fn serve<P: Platform>(
+    platform: P,
+    xs: xen_store::Xs,
+    config: BackendConfig,
+) -> Result<(), String> {
+    Backend::new(Arc::new(platform), xs, config)
+        .run()
+        .await
+        .map_err(|e| format!("xenstore: {e}"))
+}
+
+/// Runs the backend until xenstore goes away.
+pub async fn run(options: Options) -> Result<(), String> {
+    let platform = options.platform.clone().unwrap_or_else(|| {
+        if std::env::var_os(xen_sim::domain::ENV).is_some() {
+            "sim".into()
+        } else {
+            "xen".into()
+        }
+    });
+    let config = options.config();
+    match platform.as_str() {
+        "sim" => {
+            let domain = xen_sim::SimDomain::from_env().map_err(|e| e.to_string())?;
+            let xs = domain.xenstore().await.map_err(|e| e.to_string())?;
+            serve(SimPlatform::new(domain), xs, config).await
+        }
+        "xen" => {
+            let xs = xen_store::Xs::open().await.map_err(|e| {
+                format!("cannot reach xenstore ({e}); is this a Xen domain with xenfs mounted?")
+            })?;
+            let domid = xs
+                .read_u64("domid")
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|d| u16::try_from(d).ok())
+                .ok_or("cannot read this domain's id from xenstore (key `domid`)")?;
+            serve(XenPlatform::new(domid), xs, config).await
+        }
+        other => Err(format!("unknown platform {other:?}: use `sim` or `xen`")),
+    }
+}

@@ -1,0 +1,129 @@
+//! Backend restart: blkback runs as its own process in the driver domain; it is killed during a
+//! write-heavy workload with flushes and started again. The guest carries on without any action
+//! of its own, and every write acknowledged before the last completed flush reads back intact.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blkfront::xenbus::{connect, FrontOptions};
+use xen_abi::blkif::BLKIF_RSP_OKAY;
+use xen_sim::toolstack::{attach_device, DeviceSpec};
+use xen_sim::{Host, SimDomain};
+
+fn spawn_blkback(creds: &xen_sim::Credentials) -> tokio::process::Child {
+    let mut cmd = Host::command(creds, env!("CARGO_BIN_EXE_blkback"));
+    cmd.args(["--platform", "sim"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    cmd.spawn().unwrap()
+}
+
+fn block(i: u64) -> Vec<u8> {
+    (0..4096u64)
+        .map(|k| ((i * 131 + k * 7) % 253) as u8)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let host = Host::start(&dir.path().join("run")).await.unwrap();
+    // The driver domain lives on (its supervisor is this test); blkback is one of its processes.
+    let dd_creds = host.create_domain("storage-dd", 64).unwrap();
+    let mut dd = SimDomain::new(dd_creds.clone());
+    dd.boot().unwrap();
+    let guest = SimDomain::new(host.create_domain("guest", 4096).unwrap());
+    let mut backend = spawn_blkback(&dd_creds);
+
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let dom0 = host.xenstored().dom0_client().unwrap();
+    let spec = DeviceSpec {
+        kind: "vbd".into(),
+        backend: dd.domid(),
+        frontend: guest.domid(),
+        devid: 51712,
+        backend_keys: vec![
+            ("params".into(), disk.display().to_string()),
+            ("mode".into(), "w".into()),
+        ],
+        frontend_keys: vec![("virtual-device".into(), "51712".into())],
+    };
+    attach_device(&dom0, &spec).await.unwrap();
+    let gxs = guest.xenstore().await.unwrap();
+    let fe_dir = xen_store::path::frontend_path(guest.domid(), "vbd", 51712);
+    let opts = FrontOptions {
+        ring_pages: 2,
+        ..FrontOptions::default()
+    };
+    let mut dev = connect(&gxs, &fe_dir, opts, || {
+        (guest.grants().unwrap(), guest.evtchn().unwrap())
+    })
+    .await
+    .unwrap();
+
+    let running = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&running);
+    let progress = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&progress);
+    let workload = tokio::task::spawn_blocking(move || {
+        let front = &mut dev.queues[0];
+        let mut durable = 0u64; // blocks [0, durable) were acknowledged before a completed flush
+        let mut batch = 0u64;
+        while flag.load(Ordering::Acquire) || batch < 40 {
+            let ids: Vec<u64> = (0..16)
+                .map(|k| {
+                    front
+                        .submit_write((batch * 16 + k) * 8, &block(batch * 16 + k))
+                        .unwrap()
+                })
+                .collect();
+            front.kick().unwrap();
+            for id in ids {
+                let done = front.wait_for(id, Duration::from_secs(30)).unwrap();
+                assert_eq!(done.status, BLKIF_RSP_OKAY);
+            }
+            front.flush().unwrap();
+            batch += 1;
+            durable = batch * 16;
+            seen.store(batch, Ordering::Release);
+            if batch >= 400 {
+                break;
+            }
+        }
+        (dev, durable)
+    });
+
+    // Let the workload run, then kill blkback mid-flight and start it again.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let at_kill = progress.load(Ordering::Acquire);
+    assert!(
+        at_kill > 0 && at_kill < 400,
+        "the workload is running when blkback is killed ({at_kill} batches)"
+    );
+    backend.kill().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut backend = spawn_blkback(&dd_creds);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, Ordering::Release);
+    let (mut dev, durable) = workload.await.unwrap();
+    assert!(durable >= 40 * 16);
+    assert!(
+        durable / 16 > at_kill,
+        "the guest carried on after the restart"
+    );
+
+    let front = &mut dev.queues[0];
+    for i in 0..durable {
+        assert_eq!(front.read(i * 8, 4096).unwrap(), block(i), "block {i} lost");
+    }
+    backend.kill().await.unwrap();
+}
