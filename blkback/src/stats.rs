@@ -29,6 +29,8 @@ pub struct QueueStats {
     pub in_flight: AtomicU64,
     /// Persistent grants mapped now.
     pub persistent_grants: AtomicU64,
+    /// Times the worker woke for the event channel.
+    pub wakeups: AtomicU64,
     /// Latency histogram (log2 microseconds).
     pub latency: [AtomicU64; LATENCY_BUCKETS],
 }
@@ -56,6 +58,8 @@ pub struct QueueSnapshot {
     pub in_flight: u64,
     /// See [`QueueStats::persistent_grants`].
     pub persistent_grants: u64,
+    /// See [`QueueStats::wakeups`].
+    pub wakeups: u64,
     /// See [`QueueStats::latency`].
     pub latency: Vec<u64>,
 }
@@ -84,6 +88,7 @@ impl QueueStats {
             sectors_written: get(&self.sectors_written),
             in_flight: get(&self.in_flight),
             persistent_grants: get(&self.persistent_grants),
+            wakeups: get(&self.wakeups),
             latency: self.latency.iter().map(get).collect(),
         }
     }

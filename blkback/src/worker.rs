@@ -196,6 +196,7 @@ where
         failed: Arc::clone(&failed),
         notify: false,
         halted: false,
+        deferred: false,
     };
     let thread = std::thread::Builder::new()
         .name(spec.name.clone())
@@ -228,6 +229,9 @@ struct Worker<G: GrantMapper, E: EventChannel> {
     failed: Arc<AtomicBool>,
     notify: bool,
     halted: bool,
+    /// A pass stopped early (a barrier draining, or every slot in flight) without re-arming
+    /// `req_event`: run it again when completions free the way.
+    deferred: bool,
 }
 
 fn drain(fd: RawFd) {
@@ -275,6 +279,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 self.complete(c);
             }
             if kicked {
+                self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
                 let mut ports = Vec::new();
                 while let Ok(Some(p)) = self.evtchn.pending() {
                     ports.push(p);
@@ -285,7 +290,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 for p in ports {
                     let _ = self.evtchn.unmask(p);
                 }
-            } else if !stopping && (self.blocked.is_some() || self.barrier_active) {
+            } else if !stopping && self.deferred {
                 self.service_ring();
             }
             if let Err(e) = self.queue.submit() {
@@ -319,6 +324,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
 
     /// Runs passes over the ring until the final check finds nothing (or a barrier waits).
     fn service_ring(&mut self) {
+        self.deferred = false;
         if self.halted {
             return;
         }
@@ -326,15 +332,18 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             if let Some(req) = self.blocked.take() {
                 if self.in_flight() > 0 {
                     self.blocked = Some(req);
+                    self.deferred = true;
                     return;
                 }
                 self.start(req);
             }
             if self.barrier_active {
+                self.deferred = true;
                 return;
             }
             let room = self.free.len() as u32;
             if room == 0 {
+                self.deferred = true;
                 return;
             }
             if let Err(e) = self.ring.begin_pass(room) {
@@ -353,11 +362,13 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                     }
                     Ok(req) if needs_drain(&req) && self.in_flight() > 0 => {
                         self.blocked = Some(req);
+                        self.deferred = true;
                         return;
                     }
                     Ok(req) => self.start(req),
                 }
                 if self.barrier_active {
+                    self.deferred = true;
                     return;
                 }
             }

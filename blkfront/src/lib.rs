@@ -183,6 +183,23 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
         self.pending.len()
     }
 
+    /// The shared ring pages, for tests that play a misbehaving frontend.
+    pub fn ring_memory(&self) -> &A::Pages {
+        self.ring.memory()
+    }
+
+    /// Notifies the backend unconditionally.
+    pub fn notify(&self) -> Result<()> {
+        self.evtchn.notify(self.port).map_err(Error::from)
+    }
+
+    /// Grants one more page to the backend (for tests that build raw requests).
+    pub fn grant_page(&self, writable: bool) -> Result<A::Pages> {
+        self.alloc
+            .grant_pages(self.backend, 1, writable)
+            .map_err(Error::from)
+    }
+
     /// Slots in the ring.
     pub fn ring_size(&self) -> u32 {
         self.ring.size()

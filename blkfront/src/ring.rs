@@ -42,6 +42,13 @@ impl<P: GrantedPages> FrontRingAny<P> {
         }
     }
 
+    pub(crate) fn memory(&self) -> &P {
+        match self {
+            Self::Native(r, _) => r.memory(),
+            Self::X86_32(r, _) => r.memory(),
+        }
+    }
+
     pub(crate) fn size(&self) -> u32 {
         match self {
             Self::Native(r, _) => r.size(),

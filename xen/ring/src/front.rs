@@ -60,6 +60,11 @@ impl<M: SharedMemory, Req: RingEntry, Rsp: RingEntry> FrontRing<M, Req, Rsp> {
         self.geometry.size - self.outstanding().min(self.geometry.size)
     }
 
+    /// The shared memory (a misbehaving frontend in tests scribbles on it directly).
+    pub fn memory(&self) -> &M {
+        self.shared.memory()
+    }
+
     /// Gives the shared memory back.
     pub fn into_memory(self) -> M {
         self.shared.into_inner()

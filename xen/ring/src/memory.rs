@@ -36,6 +36,10 @@ impl<M: SharedMemory> Shared<M> {
         Ok(Self { mem })
     }
 
+    pub(crate) fn memory(&self) -> &M {
+        &self.mem
+    }
+
     pub(crate) fn into_inner(self) -> M {
         self.mem
     }
