@@ -1,5 +1,10 @@
 //! Mapping a request's data pages: from the persistent-grant cache when the frontend
 //! negotiated `feature-persistent`, else in one batched map per request.
+//!
+//! Grants a request needs that are not cached yet are mapped together in one batch (one
+//! hypervisor operation); each page of the batch becomes a cache entry sharing the batch
+//! mapping, which is unmapped when its last entry is evicted. When the cache is full of grants
+//! in use, the batch serves this request only.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,17 +20,27 @@ use crate::stats::QueueStats;
 pub const MAX_PERSISTENT_GRANTS: usize = 1056;
 
 struct Entry<M> {
-    mapping: M,
+    mapping: Arc<M>,
+    page: usize,
     in_use: u32,
     last_used: u64,
+}
+
+impl<M: SharedMemory> Entry<M> {
+    fn base(&self) -> *mut u8 {
+        self.mapping.as_ptr().wrapping_add(self.page * PAGE_SIZE)
+    }
 }
 
 /// What a request holds until its I/O completes.
 pub(crate) enum Held<M> {
     /// A persistent grant (released back to the cache).
     Persistent(GrantRef),
-    /// A one-shot mapping (unmapped when dropped).
-    Mapped(M),
+    /// A mapping for this request only (unmapped when the last holder drops it).
+    Mapped {
+        /// Kept only to be dropped after the I/O.
+        _mapping: Arc<M>,
+    },
 }
 
 /// A request's mapped data: one `iovec` per segment, and what keeps them mapped.
@@ -39,6 +54,13 @@ pub(crate) struct GrantCache<G: GrantMapper> {
     entries: HashMap<GrantRef, Entry<G::Mapping>>,
     clock: u64,
     stats: Arc<QueueStats>,
+}
+
+fn iovec(base: *mut u8, s: &Segment) -> libc::iovec {
+    libc::iovec {
+        iov_base: base.wrapping_add(s.offset()).cast(),
+        iov_len: s.len(),
+    }
 }
 
 impl<G: GrantMapper> GrantCache<G> {
@@ -58,9 +80,15 @@ impl<G: GrantMapper> GrantCache<G> {
         }
     }
 
-    /// Evicts least-recently-used idle entries until there is room for one more.
-    fn make_room(&mut self) -> bool {
-        if self.entries.len() < MAX_PERSISTENT_GRANTS {
+    fn publish_size(&self) {
+        self.stats
+            .persistent_grants
+            .store(self.entries.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Evicts least-recently-used idle entries until `needed` more fit; false if they cannot.
+    fn make_room(&mut self, needed: usize) -> bool {
+        if self.entries.len() + needed <= MAX_PERSISTENT_GRANTS {
             return true;
         }
         let mut idle: Vec<(u64, GrantRef)> = self
@@ -70,14 +98,16 @@ impl<G: GrantMapper> GrantCache<G> {
             .map(|(&g, e)| (e.last_used, g))
             .collect();
         idle.sort_unstable();
-        // Purge a tenth at a time, as Linux does, so the cost is amortised.
-        for (_, gref) in idle.into_iter().take((MAX_PERSISTENT_GRANTS / 10).max(1)) {
+        // Purge at least a tenth at a time, as Linux does, so the cost is amortised.
+        let excess = self.entries.len() + needed - MAX_PERSISTENT_GRANTS;
+        for (_, gref) in idle
+            .into_iter()
+            .take(excess.max(MAX_PERSISTENT_GRANTS / 10))
+        {
             self.entries.remove(&gref);
         }
-        self.stats
-            .persistent_grants
-            .store(self.entries.len() as u64, Ordering::Relaxed);
-        self.entries.len() < MAX_PERSISTENT_GRANTS
+        self.publish_size();
+        self.entries.len() + needed <= MAX_PERSISTENT_GRANTS
     }
 
     /// Maps the pages of `segments` and returns one `iovec` per segment, plus what must be
@@ -87,79 +117,101 @@ impl<G: GrantMapper> GrantCache<G> {
         segments: &[Segment],
         writable: bool,
     ) -> Result<MappedData<G::Mapping>, xen_grant::Error> {
-        let mut iovecs = Vec::with_capacity(segments.len());
-        let mut held = Vec::new();
         if !self.persistent {
             let refs: Vec<GrantRef> = segments.iter().map(|s| s.gref).collect();
             let mapping = self.mapper.map(self.domid, &refs, writable)?;
             let base = mapping.as_ptr();
-            for (i, s) in segments.iter().enumerate() {
-                let at = i * PAGE_SIZE + s.offset();
-                iovecs.push(libc::iovec {
-                    iov_base: base.wrapping_add(at).cast(),
-                    iov_len: s.len(),
-                });
-            }
-            held.push(Held::Mapped(mapping));
-            return Ok((iovecs, held));
+            let iovecs = segments
+                .iter()
+                .enumerate()
+                .map(|(i, s)| iovec(base.wrapping_add(i * PAGE_SIZE), s))
+                .collect();
+            return Ok((
+                iovecs,
+                vec![Held::Mapped {
+                    _mapping: Arc::new(mapping),
+                }],
+            ));
         }
+        // Persistent grants are mapped writable (blkif.h allows it for every direction).
+        let mut misses: Vec<GrantRef> = Vec::new();
+        for s in segments {
+            if !self.entries.contains_key(&s.gref) && !misses.contains(&s.gref) {
+                misses.push(s.gref);
+            }
+        }
+        let mut batch: Option<Arc<G::Mapping>> = None;
+        if !misses.is_empty() {
+            let mapping = Arc::new(self.mapper.map(self.domid, &misses, true)?);
+            if self.make_room(misses.len()) {
+                for (page, &gref) in misses.iter().enumerate() {
+                    let entry = Entry {
+                        mapping: Arc::clone(&mapping),
+                        page,
+                        in_use: 0,
+                        last_used: 0,
+                    };
+                    self.entries.insert(gref, entry);
+                }
+                self.publish_size();
+            } else {
+                batch = Some(mapping);
+            }
+        }
+        let mut iovecs = Vec::with_capacity(segments.len());
+        let mut held = Vec::with_capacity(segments.len() + 1);
         for s in segments {
             self.clock += 1;
             if let Some(entry) = self.entries.get_mut(&s.gref) {
                 entry.in_use += 1;
                 entry.last_used = self.clock;
-                let base = entry.mapping.as_ptr();
-                iovecs.push(libc::iovec {
-                    iov_base: base.wrapping_add(s.offset()).cast(),
-                    iov_len: s.len(),
-                });
+                iovecs.push(iovec(entry.base(), s));
                 held.push(Held::Persistent(s.gref));
-                continue;
+            } else if let (Some(m), Some(page)) = (&batch, misses.iter().position(|&g| g == s.gref))
+            {
+                iovecs.push(iovec(m.as_ptr().wrapping_add(page * PAGE_SIZE), s));
             }
-            // Persistent grants are mapped writable (blkif.h allows it for every direction).
-            let mapping = match self.mapper.map(self.domid, &[s.gref], true) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.release(held);
-                    return Err(e);
-                }
-            };
-            let base = mapping.as_ptr();
-            iovecs.push(libc::iovec {
-                iov_base: base.wrapping_add(s.offset()).cast(),
-                iov_len: s.len(),
-            });
-            if self.make_room() {
-                self.entries.insert(
-                    s.gref,
-                    Entry {
-                        mapping,
-                        in_use: 1,
-                        last_used: self.clock,
-                    },
-                );
-                self.stats
-                    .persistent_grants
-                    .store(self.entries.len() as u64, Ordering::Relaxed);
-                held.push(Held::Persistent(s.gref));
-            } else {
-                // The cache is full of grants in use: this one is mapped for this request only.
-                held.push(Held::Mapped(mapping));
-            }
+        }
+        if let Some(m) = batch {
+            held.push(Held::Mapped { _mapping: m });
         }
         Ok((iovecs, held))
     }
 
     /// Copies the contents of granted pages (indirect descriptor pages) into private memory.
-    /// They are mapped read-only for this copy only, whatever was negotiated: a frontend may
-    /// grant them read-only even with persistent grants.
+    /// With persistent grants they come from the cache when the frontend granted them
+    /// writable; otherwise (or if that fails) they are mapped read-only for this copy only.
     pub(crate) fn read_pages(&mut self, refs: &[GrantRef]) -> Result<Vec<u8>, xen_grant::Error> {
-        let mapping = self.mapper.map(self.domid, refs, false)?;
         let mut out = vec![0u8; refs.len() * PAGE_SIZE];
+        let whole: Vec<Segment> = refs
+            .iter()
+            .map(|&gref| Segment {
+                gref,
+                first_sect: 0,
+                last_sect: 7,
+            })
+            .collect();
+        if self.persistent {
+            if let Ok((iovecs, held)) = self.map(&whole, true) {
+                for (iov, dst) in iovecs.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+                    // SAFETY: `iov` covers one whole mapped page held by `held` until after the
+                    // copy; concurrent changes by the frontend only change our private copy,
+                    // which is validated afterwards.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            iov.iov_base.cast::<u8>(),
+                            dst.as_mut_ptr(),
+                            dst.len(),
+                        )
+                    };
+                }
+                self.release(held);
+                return Ok(out);
+            }
+        }
+        let mapping = self.mapper.map(self.domid, refs, false)?;
         let len = out.len().min(mapping.len());
-        // SAFETY: `len` bytes lie within the mapping, which stays mapped until after the copy;
-        // the frontend may change the pages concurrently, which only changes the bytes of our
-        // private copy, validated afterwards.
+        // SAFETY: `len` bytes lie within the mapping, mapped until after the copy; see above.
         unsafe { std::ptr::copy_nonoverlapping(mapping.as_ptr(), out.as_mut_ptr(), len) };
         Ok(out)
     }
@@ -178,6 +230,6 @@ impl<G: GrantMapper> GrantCache<G> {
     /// Unmaps every persistent grant (at disconnect, once nothing is in flight).
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
-        self.stats.persistent_grants.store(0, Ordering::Relaxed);
+        self.publish_size();
     }
 }

@@ -8,6 +8,7 @@
 //! - [`stats`]: counters per queue.
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod device;
 mod grants;

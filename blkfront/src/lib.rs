@@ -87,7 +87,7 @@ pub struct Done {
 
 struct Pending<P> {
     pages: Vec<P>,
-    indirect: Option<P>,
+    indirect: Vec<P>,
     read_len: Option<usize>,
 }
 
@@ -274,26 +274,39 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
         let segs = Self::segments(&pages, bytes);
         let id = self.next_id;
         self.next_id += 1;
-        let mut indirect_pages = None;
+        let mut indirect_pages = Vec::new();
         if indirect {
+            // Descriptor pages: from the persistent pool when negotiated (granted writable, as
+            // Linux blkfront does), else granted read-only for this request.
             let count = nr.div_ceil(SEGS_PER_INDIRECT_FRAME);
-            let ind = self.alloc.grant_pages(self.backend, count, false)?;
-            let raw: Vec<u8> = segs
+            indirect_pages = self.data_pages(count, false)?;
+            for (page, chunk) in indirect_pages
                 .iter()
-                .flat_map(|s| zerocopy::IntoBytes::as_bytes(s).to_vec())
+                .zip(segs.chunks(SEGS_PER_INDIRECT_FRAME))
+            {
+                let raw: Vec<u8> = chunk
+                    .iter()
+                    .flat_map(|s| zerocopy::IntoBytes::as_bytes(s).to_vec())
+                    .collect();
+                // SAFETY: at most 512 descriptors of 8 bytes: `raw` fits the granted page.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        raw.as_ptr(),
+                        page.as_ptr(),
+                        raw.len().min(page.len()),
+                    )
+                };
+            }
+            let refs: Vec<GrantRef> = indirect_pages
+                .iter()
+                .filter_map(|p| p.refs().first().copied())
                 .collect();
-            // SAFETY: 8 bytes per segment, at most 512 per page: `raw` fits the granted pages.
-            unsafe {
-                std::ptr::copy_nonoverlapping(raw.as_ptr(), ind.as_ptr(), raw.len().min(ind.len()))
-            };
             let rw = if read_len.is_some() {
                 BLKIF_OP_READ
             } else {
                 BLKIF_OP_WRITE
             };
-            self.ring
-                .push_indirect(id, rw, sector, nr as u16, ind.refs())?;
-            indirect_pages = Some(ind);
+            self.ring.push_indirect(id, rw, sector, nr as u16, &refs)?;
         } else {
             self.ring.push_rw(id, operation, sector, &segs)?;
         }
@@ -337,7 +350,7 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
             id,
             Pending {
                 pages: Vec::new(),
-                indirect: None,
+                indirect: Vec::new(),
                 read_len: None,
             },
         );
@@ -353,7 +366,7 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
             id,
             Pending {
                 pages: Vec::new(),
-                indirect: None,
+                indirect: Vec::new(),
                 read_len: None,
             },
         );
@@ -367,7 +380,7 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
             id,
             Pending {
                 pages: Vec::new(),
-                indirect: None,
+                indirect: Vec::new(),
                 read_len: None,
             },
         );
@@ -402,10 +415,9 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
                         pages, indirect, ..
                     }) = entry
                     {
-                        // Indirect pages are per request: their grants end here.
-                        drop(indirect);
                         if self.config.persistent {
                             self.pool.extend(pages);
+                            self.pool.extend(indirect);
                         }
                     }
                     done.push(Done {

@@ -115,8 +115,9 @@ impl CopyOp<'_> {
     }
 }
 
-/// Mapped grants: contiguous pages in our address space, unmapped on drop.
-pub trait GrantMapping: SharedMemory {
+/// Mapped grants: contiguous pages in our address space, unmapped on drop. Shareable between
+/// threads: all access to the pages goes through raw pointers.
+pub trait GrantMapping: SharedMemory + Sync {
     /// Number of pages.
     fn pages(&self) -> usize {
         self.len() / xen_abi::PAGE_SIZE

@@ -110,6 +110,10 @@ pub struct GntdevMapping {
 // pointers by whoever holds it.
 unsafe impl Send for GntdevMapping {}
 
+// SAFETY: `&GntdevMapping` only hands out the address and length; the memory itself is shared
+// with another domain anyway and accessed with volatile/atomic discipline by its users.
+unsafe impl Sync for GntdevMapping {}
+
 impl Drop for GntdevMapping {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` is the mapping created in `map` and not unmapped before.

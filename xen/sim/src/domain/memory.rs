@@ -59,22 +59,32 @@ pub(crate) fn map_frames(fd: &OwnedFd, frames: &[u32], writable: bool) -> io::Re
     } else {
         libc::PROT_READ
     };
-    for (i, &frame) in frames.iter().enumerate() {
-        // SAFETY: replaces page `i` of our own reserved range (MAP_FIXED within it) with a
-        // shared mapping of the memfd at a page-aligned offset the hypervisor validated.
+    // One mmap per run of consecutive frames (grants of consecutive pages are common).
+    let mut i = 0;
+    while let Some(&first) = frames.get(i) {
+        let mut run = 1;
+        while frames
+            .get(i + run)
+            .is_some_and(|&f| u64::from(f) == u64::from(first) + run as u64)
+        {
+            run += 1;
+        }
+        // SAFETY: replaces pages `i..i + run` of our own reserved range (MAP_FIXED within it)
+        // with a shared mapping of the memfd at a page-aligned offset the hypervisor validated.
         let at = unsafe {
             libc::mmap(
                 pages.ptr.as_ptr().add(i * PAGE_SIZE).cast(),
-                PAGE_SIZE,
+                run * PAGE_SIZE,
                 prot,
                 libc::MAP_SHARED | libc::MAP_FIXED,
                 fd.as_raw_fd(),
-                (frame as usize * PAGE_SIZE) as libc::off_t,
+                (first as usize * PAGE_SIZE) as libc::off_t,
             )
         };
         if at == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        i += run;
     }
     Ok(pages)
 }

@@ -1,0 +1,375 @@
+//! `blkback-bench`: blkback on the simulated host against fio on the same file in the same
+//! run. fio (io_uring, O_DIRECT) is the limit: what the disk and kernel give one process with
+//! no Xen in the way. Ours is a Rust blkfront in a guest domain driving blkback through shared
+//! rings, grants and event channels, with blkback's io_uring underneath.
+//!
+//! CPU time per I/O counts everything in the measuring process: for fio, the fio process; for
+//! ours, the frontend (the guest's work), blkback and the simulated hypervisor together.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xen_blkif::{Abi, DiscardLimits, Limits};
+
+use crate::stats::QueueStats;
+use crate::storage::raw::{RawDisk, RawOptions};
+use crate::storage::Disk;
+use crate::worker::{start_ring, RingSpec};
+
+/// One workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    /// Short name.
+    pub name: &'static str,
+    /// Writes (else reads).
+    pub write: bool,
+    /// Random offsets (else sequential).
+    pub random: bool,
+    /// Block size in bytes.
+    pub block: usize,
+    /// Requests in flight per queue.
+    pub depth: usize,
+}
+
+/// The workloads the issue asks for.
+pub const WORKLOADS: [Workload; 6] = [
+    Workload {
+        name: "4k randread qd1",
+        write: false,
+        random: true,
+        block: 4096,
+        depth: 1,
+    },
+    Workload {
+        name: "4k randread qd32",
+        write: false,
+        random: true,
+        block: 4096,
+        depth: 32,
+    },
+    Workload {
+        name: "4k randwrite qd1",
+        write: true,
+        random: true,
+        block: 4096,
+        depth: 1,
+    },
+    Workload {
+        name: "4k randwrite qd32",
+        write: true,
+        random: true,
+        block: 4096,
+        depth: 32,
+    },
+    Workload {
+        name: "1M seqread qd8",
+        write: false,
+        random: false,
+        block: 1 << 20,
+        depth: 8,
+    },
+    Workload {
+        name: "1M seqwrite qd8",
+        write: true,
+        random: false,
+        block: 1 << 20,
+        depth: 8,
+    },
+];
+
+/// One measurement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Result {
+    /// I/Os per second.
+    pub iops: f64,
+    /// Megabytes (10^6) per second.
+    pub mbps: f64,
+    /// CPU microseconds per I/O.
+    pub cpu_us: f64,
+}
+
+fn cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(who, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Runs fio for one workload; `None` if fio is missing or failed.
+pub fn fio(
+    file: &Path,
+    file_bytes: u64,
+    w: Workload,
+    queues: usize,
+    seconds: u32,
+) -> Option<Result> {
+    let rw = match (w.write, w.random) {
+        (false, true) => "randread",
+        (true, true) => "randwrite",
+        (false, false) => "read",
+        (true, false) => "write",
+    };
+    let before = cpu_seconds(libc::RUSAGE_CHILDREN);
+    let out = Command::new("fio")
+        .args([
+            "--name=limit",
+            &format!("--filename={}", file.display()),
+            "--ioengine=io_uring",
+            "--direct=1",
+            &format!("--rw={rw}"),
+            &format!("--bs={}", w.block),
+            &format!("--iodepth={}", w.depth),
+            &format!("--numjobs={queues}"),
+            &format!("--size={file_bytes}"),
+            &format!("--offset_increment={}", file_bytes / queues as u64),
+            "--time_based",
+            &format!("--runtime={seconds}"),
+            "--group_reporting",
+            "--output-format=json",
+        ])
+        .output()
+        .ok()?;
+    let cpu = cpu_seconds(libc::RUSAGE_CHILDREN) - before;
+    if !out.status.success() {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let job = json.get("jobs")?.get(0)?;
+    let side = job.get(if w.write { "write" } else { "read" })?;
+    let iops = side.get("iops")?.as_f64()?;
+    let bw = side.get("bw_bytes")?.as_f64()?;
+    let ios = side.get("total_ios")?.as_f64()?.max(1.0);
+    Some(Result {
+        iops,
+        mbps: bw / 1e6,
+        cpu_us: cpu * 1e6 / ios,
+    })
+}
+
+/// Runs one workload through blkback on the simulated host.
+pub async fn ours(
+    dir: &Path,
+    file: &Path,
+    file_bytes: u64,
+    w: Workload,
+    queues: usize,
+    seconds: u32,
+) -> std::result::Result<Result, String> {
+    let host =
+        xen_sim::Host::start(&dir.join(format!("run-{}-{queues}", w.name.replace(' ', "-"))))
+            .await
+            .map_err(|e| e.to_string())?;
+    let dd = xen_sim::SimDomain::new(host.create_domain("storage-dd", 64)?);
+    let guest = xen_sim::SimDomain::new(host.create_domain("guest", 65536)?);
+    let disk = RawDisk::open(file, RawOptions::default()).map_err(|e| e.to_string())?;
+    let info = disk.info();
+    let limits = Limits {
+        sectors: info.sectors,
+        sector_size: info.sector_size,
+        read_only: false,
+        max_indirect_segments: 256,
+        flush: true,
+        barrier: true,
+        discard: Some(DiscardLimits {
+            granularity: 4096,
+            alignment: 0,
+            secure: false,
+        }),
+    };
+    let grants = Arc::new(dd.grants().map_err(|e| e.to_string())?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    for q in 0..queues {
+        let config = blkfront::FrontConfig {
+            ring_pages: 4,
+            abi: Abi::X86_64,
+            persistent: true,
+            indirect_segments: 256,
+        };
+        let front = blkfront::Blkfront::new(
+            guest.grants().map_err(|e| e.to_string())?,
+            guest.evtchn().map_err(|e| e.to_string())?,
+            dd.domid(),
+            config,
+        )
+        .map_err(|e| e.to_string())?;
+        let spec = RingSpec {
+            frontend: guest.domid(),
+            ring_refs: front.ring_refs().to_vec(),
+            port: front.port(),
+            abi: Abi::X86_64,
+            persistent: true,
+            limits,
+            name: format!("bench-q{q}"),
+            reattach: false,
+        };
+        let evtchn = dd.evtchn().map_err(|e| e.to_string())?;
+        handles.push(
+            start_ring(
+                spec,
+                Arc::clone(&grants),
+                evtchn,
+                &disk,
+                Arc::new(QueueStats::default()),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        let stop = Arc::clone(&stop);
+        let region = file_bytes / queues as u64;
+        threads.push(std::thread::spawn(move || {
+            drive(front, w, q as u64 * region, region, &stop)
+        }));
+    }
+    let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(u64::from(seconds))).await;
+    stop.store(true, Ordering::Release);
+    let mut ios = 0u64;
+    for t in threads {
+        ios += t
+            .join()
+            .map_err(|_| "a frontend thread panicked".to_string())??;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu0;
+    drop(handles);
+    let iops = ios as f64 / elapsed;
+    Ok(Result {
+        iops,
+        mbps: iops * w.block as f64 / 1e6,
+        cpu_us: cpu * 1e6 / ios.max(1) as f64,
+    })
+}
+
+type Front = blkfront::Blkfront<xen_sim::domain::SimGrants, xen_sim::domain::SimEvtchn>;
+
+/// Keeps `w.depth` requests in flight until `stop`; returns the I/Os completed.
+fn drive(
+    mut front: Front,
+    w: Workload,
+    base: u64,
+    region: u64,
+    stop: &AtomicBool,
+) -> std::result::Result<u64, String> {
+    let data = vec![0x5au8; w.block];
+    let blocks = (region / w.block as u64).max(1);
+    let mut x = 0x2545_f491_4f6c_dd1du64 ^ base;
+    let mut next = 0u64;
+    let mut done = 0u64;
+    let mut submit = |front: &mut Front| -> std::result::Result<(), String> {
+        let index = if w.random {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % blocks
+        } else {
+            next = (next + 1) % blocks;
+            next
+        };
+        let sector = (base + index * w.block as u64) / 512;
+        let r = if w.write {
+            front.submit_write(sector, &data)
+        } else {
+            front.submit_read(sector, w.block)
+        };
+        r.map(drop).map_err(|e| e.to_string())
+    };
+    while !stop.load(Ordering::Acquire) {
+        while front.outstanding() < w.depth {
+            submit(&mut front)?;
+        }
+        front.kick().map_err(|e| e.to_string())?;
+        for d in front
+            .poll(Duration::from_millis(500))
+            .map_err(|e| e.to_string())?
+        {
+            if d.status != xen_abi::blkif::BLKIF_RSP_OKAY {
+                return Err(format!("I/O failed with status {}", d.status));
+            }
+            done += 1;
+        }
+    }
+    while front.outstanding() > 0 {
+        if front
+            .poll(Duration::from_secs(5))
+            .map_err(|e| e.to_string())?
+            .is_empty()
+        {
+            break;
+        }
+    }
+    Ok(done)
+}
+
+/// Runs every workload with 1 and 2 queues and prints the table.
+pub async fn run(
+    dir: &Path,
+    file_mib: u64,
+    seconds: u32,
+    out: &mut dyn std::io::Write,
+) -> std::result::Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let file: PathBuf = dir.join("bench.img");
+    let bytes = file_mib << 20;
+    {
+        // A fully written file: reads must hit the disk, not holes.
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&file).map_err(|e| e.to_string())?;
+        let chunk = vec![0xa5u8; 1 << 20];
+        for _ in 0..file_mib {
+            f.write_all(&chunk).map_err(|e| e.to_string())?;
+        }
+        f.sync_all().map_err(|e| e.to_string())?;
+    }
+    let w = |e: std::io::Error| e.to_string();
+    writeln!(out, "blkback on the simulated host vs fio (io_uring, O_DIRECT) on the same {file_mib} MiB file, {seconds} s per run").map_err(w)?;
+    writeln!(
+        out,
+        "{:<20} {:>2}  {:>10} {:>9} {:>8}  {:>10} {:>9} {:>8}  {:>6} {:>6}",
+        "workload",
+        "q",
+        "fio IOPS",
+        "fio MB/s",
+        "fio us",
+        "ours IOPS",
+        "ours MB/s",
+        "ours us",
+        "IOPS",
+        "MB/s"
+    )
+    .map_err(w)?;
+    for queues in [1usize, 2] {
+        for wl in WORKLOADS {
+            let limit = fio(&file, bytes, wl, queues, seconds)
+                .ok_or("fio failed or is not installed (apt-get install fio)")?;
+            let ours = ours(dir, &file, bytes, wl, queues, seconds).await?;
+            writeln!(
+                out,
+                "{:<20} {:>2}  {:>10.0} {:>9.1} {:>8.1}  {:>10.0} {:>9.1} {:>8.1}  {:>6.2} {:>6.2}",
+                wl.name,
+                queues,
+                limit.iops,
+                limit.mbps,
+                limit.cpu_us,
+                ours.iops,
+                ours.mbps,
+                ours.cpu_us,
+                ours.iops / limit.iops,
+                ours.mbps / limit.mbps
+            )
+            .map_err(w)?;
+        }
+    }
+    writeln!(
+        out,
+        "(us = CPU microseconds per I/O; the last two columns are ours / fio)"
+    )
+    .map_err(w)?;
+    Ok(())
+}

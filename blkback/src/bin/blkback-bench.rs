@@ -1,0 +1,44 @@
+//! `blkback-bench`: blkback on the simulated host against fio on the same file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Benchmark blkback on the simulated host against fio on the same file")]
+struct Args {
+    /// Directory for the test file and the host's sockets (on the filesystem to measure).
+    #[arg(long, default_value = "target/blkback-bench")]
+    dir: PathBuf,
+    /// Size of the test file in MiB.
+    #[arg(long, default_value_t = 1024)]
+    file_mib: u64,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 3)]
+    seconds: u32,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("blkback-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(blkback::bench::run(
+        &args.dir,
+        args.file_mib,
+        args.seconds,
+        &mut stdout,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("blkback-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
