@@ -275,6 +275,12 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             }
             done.clear();
             self.queue.completions(&mut done);
+            tracing::trace!(
+                kicked,
+                completions = done.len(),
+                in_flight = self.in_flight(),
+                "blkback queue woke"
+            );
             for c in done.drain(..) {
                 self.complete(c);
             }
@@ -297,7 +303,9 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 tracing::error!("blkback queue: submit failed: {e}");
             }
             if std::mem::take(&mut self.notify) {
-                let _ = self.evtchn.notify(self.local_port);
+                if let Err(e) = self.evtchn.notify(self.local_port) {
+                    tracing::warn!("blkback queue: notify failed: {e}");
+                }
             }
         }
         self.cache.clear();
@@ -350,6 +358,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 return self.halt(e);
             }
             while let Some(slot) = self.ring.pop() {
+                tracing::trace!(operation = slot[0], "blkback request");
                 match parse_slot(self.abi, &slot, &self.limits) {
                     Err(rej) => {
                         tracing::debug!(

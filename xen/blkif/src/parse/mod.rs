@@ -127,7 +127,7 @@ pub enum Request {
     ReadWrite {
         /// Echoed in the response.
         id: u64,
-        /// The operation byte to echo.
+        /// The operation byte to echo (for INDIRECT, the indirect operation, as Linux does).
         operation: u8,
         /// Direction.
         op: RwOp,
@@ -409,6 +409,14 @@ pub fn parse_slot(abi: Abi, slot: &[u8], limits: &Limits) -> Result<Request, Rej
                 }
             }
             .ok_or_else(|| error("short slot"))?;
+            // Linux blkback answers an indirect request with its indirect operation (its
+            // `req_operation`), and Linux blkfront disables the disk on any other value.
+            let error = |reason| Rejection {
+                id,
+                operation: indirect_op,
+                status: BLKIF_RSP_ERROR,
+                reason,
+            };
             let op = match indirect_op {
                 BLKIF_OP_READ => RwOp::Read,
                 BLKIF_OP_WRITE => RwOp::Write,
@@ -429,7 +437,7 @@ pub fn parse_slot(abi: Abi, slot: &[u8], limits: &Limits) -> Result<Request, Rej
             check_extent(sector, 0, limits).map_err(error)?;
             Ok(Request::ReadWrite {
                 id,
-                operation,
+                operation: indirect_op,
                 op,
                 sector,
                 segments: SegmentList::Indirect {

@@ -1,0 +1,68 @@
+# dom0 scenario: our blkback serves PV guests' disks (the kernel's xen-blkback is not loaded).
+ts() { echo "[T+$(cut -d' ' -f1 /proc/uptime)s] $*"; }
+start_blkback() {
+    RUST_LOG=$(sed -n "s/.*blklog=\([^ ]*\).*/\1/p" /proc/cmdline) blkback --platform xen >> /var/log/blkback.log 2>&1 &
+    echo $! > /run/blkback.pid
+}
+console() { cat "/var/log/xen/console/guest-$1.log" 2>/dev/null; }
+# wait_console NAME TEXT SECONDS
+wait_console() {
+    t=0
+    while ! console "$1" | grep -q "$2" && [ $t -lt $(($3 * 2)) ]; do sleep 0.5; t=$((t + 1)); done
+    console "$1" | grep -q "$2"
+}
+# finish NAME: wait for the guest to power off, re-emit its checks.
+finish() {
+    t=0
+    while xl domid "$1" >/dev/null 2>&1 && [ $t -lt 600 ]; do sleep 0.5; t=$((t + 1)); done
+    xl domid "$1" >/dev/null 2>&1 && { ts "$1 still running: destroying"; xl destroy "$1"; }
+    console "$1" | grep -a -E "GUEST-|features:|queues:|blkfront" | sed 's/^/  guest: /'
+    console "$1" | sed -n 's/.*GUEST-CHECK \([a-z-]*\) \([a-z]*\).*/CHECK \1 \2/p'
+}
+
+for d in io long idle; do dd if=/dev/zero of=/tmp/disk-$d.img bs=1M count=64 2>/dev/null; done
+start_blkback
+ts "blkback started"
+
+diagnose() {
+    echo "--- diagnostics"
+    xl list
+    xenstore-ls -f /local/domain | grep -E "backend|device" | head -60
+    ps | grep -v "\[" | head -30
+    tail -60 /var/log/blkback.log
+    for t in /proc/$(cat /run/blkback.pid)/task/*; do echo "$(cat $t/comm) $(cat $t/wchan) $(cat $t/stat | cut -d' ' -f3)"; done
+    tail -20 /var/log/xen/xen-hotplug.log 2>/dev/null
+    console guest-io | tail -40
+}
+( sleep 90; diagnose ) &
+diag=$!
+timeout 120 xl create /etc/xen/cfg/guest-io.cfg && finish guest-io
+kill $diag 2>/dev/null
+
+xl create /etc/xen/cfg/guest-long.cfg
+if wait_console guest-long LONG-START 300; then
+    sleep 3
+    kill -9 "$(cat /run/blkback.pid)"
+    ts "blkback killed during I/O"
+    sleep 1
+    start_blkback
+    ts "blkback restarted"
+fi
+finish guest-long
+
+xl create /etc/xen/cfg/guest-idle.cfg
+if wait_console guest-idle IDLE-READY 300; then
+    if xl block-detach guest-idle xvda; then
+        [ -z "$(xl block-list guest-idle | awk 'NR > 1')" ] && detached=ok || detached=failed
+    else
+        detached=failed
+    fi
+fi
+finish guest-idle
+console guest-idle | grep -q "GUEST-CHECK guest-detached ok" && [ "${detached:-failed}" = ok ] \
+    && echo "CHECK block-detach ok" || echo "CHECK block-detach failed"
+echo "--- hotplug log"
+tail -30 /var/log/xen/xen-hotplug.log 2>/dev/null
+xenstore-ls -f /local/domain/0/backend 2>/dev/null | head -40
+echo "--- blkback log"
+cat /var/log/blkback.log | tail -40

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Builds the initramfs images: guest.cpio.gz (busybox + xen-blkfront) and dom0.cpio.gz
+# (busybox, the Xen toolstack, our blkback — and not the kernel's xen-blkback, so that ours
+# serves backend/vbd — plus the guest image and its configuration).
+#   build-images.sh WORK BLKBACK-BINARY HARNESS-DIR
+set -euo pipefail
+work=$1 blkback=$2 harness=$3
+cd "$work"
+version=$(ls x/lib/modules | head -1)
+xlib=$work/x/usr/lib/x86_64-linux-gnu
+
+# copy_libs ROOT BINARY...: the shared-library closure, from the unpacked packages first.
+copy_libs() {
+    local root=$1; shift
+    for bin in "$@"; do
+        LD_LIBRARY_PATH=$xlib ldd "$bin" 2>/dev/null | awk '/=>/ {print $3} /^\t\/lib64/ {print $1}' | while read -r lib; do
+            [ -n "$lib" ] || continue
+            case $lib in
+                "$work"/x/*) dest=$root/${lib#"$work"/x} ;;
+                *) dest=$root$lib ;;
+            esac
+            mkdir -p "$(dirname "$dest")"
+            [ -e "$dest" ] || cp -L "$lib" "$dest"
+        done
+    done
+}
+
+# copy_modules ROOT MODULE...: modules and their dependencies, load order in /etc/modules.order.
+copy_modules() {
+    local root=$1; shift
+    local dir=x/lib/modules/$version
+    mkdir -p "$root/lib/modules/$version"
+    for m in "$@"; do
+        local line deps self
+        line=$(grep -E "/$m\.ko(\.[a-z]+)?:" "$dir/modules.dep" | head -1)
+        [ -n "$line" ] || { echo "no module $m" >&2; exit 1; }
+        self=${line%%:*}
+        deps=${line#*:}
+        for d in $(echo $deps | tr ' ' '\n' | tac) $self; do
+            mkdir -p "$root/lib/modules/$version/$(dirname "$d")"
+            cp -n "$dir/$d" "$root/lib/modules/$version/$d"
+            grep -qx "$d" "$root/etc/modules.order" 2>/dev/null || echo "$d" >> "$root/etc/modules.order"
+        done
+    done
+}
+
+base() {
+    local root=$1
+    rm -rf "$root"
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,var/lib,var/log,root,mnt,lib64}
+    cp x/bin/busybox "$root/bin/busybox"
+    for applet in $(x/bin/busybox --list); do [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"; done
+    cp "$harness/init" "$root/init"
+    chmod +x "$root/init"
+    echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
+    echo "root:x:0:" > "$root/etc/group"
+    ln -s /run "$root/var/run"
+    : > "$root/etc/modules.order"
+}
+
+pack() {
+    (cd "$1" && find . | cpio -o -H newc --quiet) | gzip -1 > "$2"
+}
+
+# The guest.
+base images/guest
+copy_modules images/guest xen-blkfront
+pack images/guest guest.cpio.gz
+
+# dom0.
+root=images/dom0
+base $root
+copy_modules $root xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop
+mkdir -p $root/usr/lib/xen-4.17/bin $root/etc/xen/cfg $root/var/lib/xen $root/var/log/xen $root/var/lib/xenstored $root/boot
+for b in xl libxl-save-helper xen-init-dom0 xenconsoled xenstored; do
+    cp "x/usr/lib/xen-4.17/bin/$b" $root/usr/lib/xen-4.17/bin/
+done
+cp x/usr/bin/xenstore $root/usr/bin/
+for a in read write ls list exists rm chmod watch control; do ln -sf xenstore "$root/usr/bin/xenstore-$a"; done
+cp -a x/etc/xen/scripts x/etc/xen/xl.conf $root/etc/xen/
+# The hotplug scripts are bash and need util-linux losetup/flock and coreutils stat.
+cp /usr/bin/bash $root/bin/bash
+rm -f $root/bin/losetup $root/bin/stat
+cp /usr/sbin/losetup $root/sbin/losetup
+cp /usr/bin/flock $root/usr/bin/flock
+cp /usr/bin/stat $root/bin/stat
+mkdir -p $root/usr/local/bin
+cp "$blkback" $root/usr/local/bin/blkback
+copy_libs $root $root/usr/lib/xen-4.17/bin/* $root/usr/bin/xenstore $root/bin/bash $root/sbin/losetup \
+    $root/usr/bin/flock $root/bin/stat $root/usr/local/bin/blkback
+mkdir -p $root/usr/lib/x86_64-linux-gnu
+cp -a "$xlib"/libxen*.so* "$xlib"/libxl*.so* "$xlib"/libyajl*.so* $root/usr/lib/x86_64-linux-gnu/
+cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 $root/lib/x86_64-linux-gnu/ 2>/dev/null || true
+cp vmlinuz $root/boot/vmlinuz
+cp guest.cpio.gz $root/boot/
+cp "$harness"/*.cfg $root/etc/xen/cfg/
+cp "$harness"/blk.sh $root/etc/
+pack $root dom0.cpio.gz
+ls -la guest.cpio.gz dom0.cpio.gz
