@@ -32,14 +32,11 @@ diagnose() {
     tail -60 /var/log/blkback.log
     for t in /proc/$(cat /run/blkback.pid)/task/*; do echo "$(cat $t/comm) $(cat $t/wchan) $(cat $t/stat | cut -d' ' -f3)"; done
     tail -20 /var/log/xen/xen-hotplug.log 2>/dev/null
-    console guest-io | tail -40
+    for g in io long idle; do console guest-$g | tail -20; done
 }
-( sleep 90; diagnose ) &
-diag=$!
-timeout 120 xl create /etc/xen/cfg/guest-io.cfg && finish guest-io
-kill $diag 2>/dev/null
+if timeout 120 xl create /etc/xen/cfg/guest-io.cfg; then finish guest-io; else diagnose; fi
 
-xl create /etc/xen/cfg/guest-long.cfg
+timeout 120 xl create /etc/xen/cfg/guest-long.cfg || diagnose
 if wait_console guest-long LONG-START 300; then
     sleep 3
     kill -9 "$(cat /run/blkback.pid)"
@@ -50,7 +47,7 @@ if wait_console guest-long LONG-START 300; then
 fi
 finish guest-long
 
-xl create /etc/xen/cfg/guest-idle.cfg
+timeout 120 xl create /etc/xen/cfg/guest-idle.cfg || diagnose
 if wait_console guest-idle IDLE-READY 300; then
     if xl block-detach guest-idle xvda; then
         [ -z "$(xl block-list guest-idle | awk 'NR > 1')" ] && detached=ok || detached=failed

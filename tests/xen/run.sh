@@ -24,8 +24,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 "$here/fetch.sh" "$work"
-(cd "$top" && cargo build --release --locked -p blkback --bin blkback)
-"$here/build-images.sh" "$work" "$top/target/release/blkback" "$here"
+(cd "$top" && cargo build --locked -p blkback --bin blkback)
+"$here/build-images.sh" "$work" "$top/target/debug/blkback" "$here"
 
 log=$work/xen.log
 echo "booting Xen + dom0 under QEMU (TCG); log: $log"
@@ -41,12 +41,15 @@ echo "QEMU ran $(( $(date +%s) - start )) s"
 
 grep -a -E "CHECK|blkfront|T\+" "$log" | grep -a -v "^\s*$" | tail -60 || true
 fail=0
+passed=0
 for check in guest-sees-xvda features-negotiated multi-queue odirect-checksum flush-heavy restart-during-io block-detach; do
     if grep -a -q "CHECK $check ok" "$log"; then
         echo "ok   $check"
+        passed=$((passed + 1))
     else
         echo "FAIL $check"
         fail=1
     fi
 done
+echo "xen-harness: $passed passed, $((7 - passed)) failed"
 exit $fail
