@@ -177,3 +177,90 @@ fn read_only_and_sector_size_options() {
         "a directory is not a disk"
     );
 }
+
+/// A loop device over a file: the block-device path (size, logical and physical sector size
+/// from the device's ioctls; discard through fallocate on the device). Needs root, as CI runs.
+#[test]
+fn block_device_reports_its_geometry_and_serves_io() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("loop.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show", "--sector-size", "4096"])
+        .arg(&path)
+        .output()
+        .expect("losetup (util-linux) is needed for the block-device test");
+    assert!(
+        out.status.success(),
+        "losetup failed (this test needs root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let disk = RawDisk::open(std::path::Path::new(&dev), RawOptions::default()).unwrap();
+    let info = disk.info();
+    assert_eq!(
+        (info.sectors, info.sector_size, info.physical_sector_size),
+        (16384, 4096, 4096)
+    );
+    let mut q = disk.open_queue(8).unwrap();
+    let buf = HeapPages::new(1);
+    // SAFETY: fills the page we own.
+    unsafe { std::ptr::write_bytes(buf.as_ptr(), 0x77, 4096) };
+    let iovs = [iov(&buf, 0, 4096)];
+    // SAFETY: `buf` and `iovs` outlive the wait.
+    unsafe {
+        q.push(
+            Op::Write {
+                offset: 4096 * 10,
+                iov: iovs.as_ptr(),
+                iov_len: 1,
+            },
+            1,
+        )
+        .unwrap()
+    };
+    q.submit().unwrap();
+    assert_eq!(wait(q.as_mut(), 1)[0].result, 4096);
+    // SAFETY: no buffers.
+    unsafe { q.push(Op::Flush, 2).unwrap() };
+    q.submit().unwrap();
+    assert_eq!(wait(q.as_mut(), 1)[0].result, 0);
+    let mut back = vec![0u8; 4096];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut back, 4096 * 10)
+        .unwrap();
+    assert!(
+        back.iter().all(|&b| b == 0x77),
+        "the write reached the backing file"
+    );
+    // SAFETY: no buffers.
+    unsafe {
+        q.push(
+            Op::Discard {
+                offset: 4096 * 10,
+                len: 4096,
+            },
+            3,
+        )
+        .unwrap()
+    };
+    q.submit().unwrap();
+    assert_eq!(
+        wait(q.as_mut(), 1)[0].result,
+        0,
+        "discard on a block device"
+    );
+}

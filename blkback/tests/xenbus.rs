@@ -219,7 +219,7 @@ async fn bad_frontend_keys_are_refused() {
     })
     .await;
     let gxs = rig.guest.xenstore().await.unwrap();
-    let cases: [(&str, Vec<(&str, &str)>); 6] = [
+    let cases: [(&str, Vec<(&str, &str)>); 8] = [
         (
             "ring-page-order above the maximum",
             vec![
@@ -272,7 +272,24 @@ async fn bad_frontend_keys_are_refused() {
                 ("event-channel", "1"),
             ],
         ),
+        // Grants the guest never made, and a port it never allocated.
+        (
+            "ring grant not granted",
+            vec![("ring-ref", "4000"), ("event-channel", "1")],
+        ),
+        (
+            "event channel not offered",
+            vec![("ring-ref", "9"), ("event-channel", "999")],
+        ),
     ];
+    // The guest grants one page, so that the unbound-port case has a valid ring.
+    let _granted = xen_grant::GrantAllocator::grant_pages(
+        &rig.guest.grants().unwrap(),
+        rig.dd.domain().domid(),
+        2,
+        true,
+    )
+    .unwrap();
     for (devid, (what, keys)) in (1u32..).zip(cases) {
         let fe_dir = attach(&rig, devid, 1 << 20, "w").await;
         let be =
@@ -305,5 +322,123 @@ async fn bad_frontend_keys_are_refused() {
         .await
         .unwrap();
     dev.queues[0].write(0, &[7u8; 512]).unwrap();
+    rig.backend_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_unplug_with_io_in_flight_answers_everything_first() {
+    let rig = rig(BackendConfig::default()).await;
+    let fe_dir = attach(&rig, 51712, 16 << 20, "w").await;
+    let gxs = rig.guest.xenstore().await.unwrap();
+    let opts = FrontOptions {
+        persistent: false,
+        ..FrontOptions::default()
+    };
+    let mut dev = connect(&gxs, &fe_dir, opts, handles(&rig.guest))
+        .await
+        .unwrap();
+    let be = dev.backend_dir.clone();
+    let front = &mut dev.queues[0];
+    let n = front.ring_size() as u64;
+    for k in 0..n {
+        front.submit_write(k * 64, &[k as u8; 32 * 1024]).unwrap();
+    }
+    front.kick().unwrap();
+    // The toolstack unplugs the disk at once; the frontend follows.
+    let dom0 = rig.host.xenstored().dom0_client().unwrap();
+    request_detach(
+        &dom0,
+        "vbd",
+        rig.dd.domain().domid(),
+        rig.guest.domid(),
+        51712,
+    )
+    .await
+    .unwrap();
+    gxs.write_state(&format!("{fe_dir}/state"), XenbusState::Closing)
+        .await
+        .unwrap();
+    // The backend reports Closing only after its queues stopped: every request was answered.
+    wait_state(&gxs, &format!("{be}/state"), Duration::from_secs(10), |s| {
+        s >= XenbusState::Closing
+    })
+    .await
+    .unwrap();
+    let mut answered = 0;
+    while answered < n {
+        let batch =
+            tokio::task::block_in_place(|| dev.queues[0].poll(Duration::from_millis(200))).unwrap();
+        assert!(
+            !batch.is_empty(),
+            "all {n} requests answered before the backend closed ({answered} so far)"
+        );
+        answered += batch.len() as u64;
+    }
+    let refs = dev.queues[0].ring_refs().to_vec();
+    let hv = rig.host.hypervisor();
+    assert!(
+        refs.iter()
+            .all(|&r| hv.grant_in_use(rig.guest.domid(), r) == Some(false)),
+        "ring unmapped"
+    );
+    gxs.write_state(&format!("{fe_dir}/state"), XenbusState::Closed)
+        .await
+        .unwrap();
+    wait_state(&gxs, &format!("{be}/state"), Duration::from_secs(10), |s| {
+        s == XenbusState::Closed
+    })
+    .await
+    .unwrap();
+    rig.backend_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_state_toggling_leaks_nothing() {
+    let rig = rig(BackendConfig::default()).await;
+    let fe_dir = attach(&rig, 51712, 16 << 20, "w").await;
+    let gxs = rig.guest.xenstore().await.unwrap();
+    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .unwrap();
+    let be = dev.backend_dir.clone();
+    for k in 0..8u64 {
+        dev.queues[0].submit_write(k * 8, &[1u8; 4096]).unwrap();
+    }
+    dev.queues[0].kick().unwrap();
+    let cycle = [
+        XenbusState::Closing,
+        XenbusState::Initialised,
+        XenbusState::Connected,
+        XenbusState::Closed,
+        XenbusState::Initialising,
+    ];
+    for i in 0..60 {
+        gxs.write_state(&format!("{fe_dir}/state"), cycle[i % cycle.len()])
+            .await
+            .unwrap();
+    }
+    gxs.write_state(&format!("{fe_dir}/state"), XenbusState::Closed)
+        .await
+        .unwrap();
+    wait_state(&gxs, &format!("{be}/state"), Duration::from_secs(10), |s| {
+        s == XenbusState::Closed
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hv = rig.host.hypervisor();
+    let refs = dev.queues[0].ring_refs().to_vec();
+    assert!(
+        refs.iter()
+            .all(|&r| hv.grant_in_use(rig.guest.domid(), r) == Some(false)),
+        "nothing left mapped"
+    );
+    // The backend still serves: a second disk connects and works.
+    let fe2 = attach(&rig, 51728, 4 << 20, "w").await;
+    let mut dev2 = connect(&gxs, &fe2, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .unwrap();
+    dev2.queues[0].write(0, &[9u8; 4096]).unwrap();
+    assert_eq!(dev2.queues[0].read(0, 4096).unwrap(), vec![9u8; 4096]);
     rig.backend_task.abort();
 }
