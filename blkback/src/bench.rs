@@ -151,6 +151,21 @@ pub fn fio(
     })
 }
 
+/// How data pages reach blkback.
+#[derive(Debug, Clone, Copy)]
+pub struct DataPath {
+    /// Persistent grants negotiated.
+    pub persistent: bool,
+    /// Without them: grant copy (true) or a batched map per request (false).
+    pub grant_copy: bool,
+}
+
+/// The default: persistent grants.
+pub const PERSISTENT: DataPath = DataPath {
+    persistent: true,
+    grant_copy: false,
+};
+
 /// Runs one workload through blkback on the simulated host.
 pub async fn ours(
     dir: &Path,
@@ -159,6 +174,7 @@ pub async fn ours(
     w: Workload,
     queues: usize,
     seconds: u32,
+    data: DataPath,
 ) -> std::result::Result<Result, String> {
     let host =
         xen_sim::Host::start(&dir.join(format!("run-{}-{queues}", w.name.replace(' ', "-"))))
@@ -189,7 +205,7 @@ pub async fn ours(
         let config = blkfront::FrontConfig {
             ring_pages: 4,
             abi: Abi::X86_64,
-            persistent: true,
+            persistent: data.persistent,
             indirect_segments: 256,
         };
         let front = blkfront::Blkfront::new(
@@ -204,7 +220,8 @@ pub async fn ours(
             ring_refs: front.ring_refs().to_vec(),
             port: front.port(),
             abi: Abi::X86_64,
-            persistent: true,
+            persistent: data.persistent,
+            grant_copy: data.grant_copy,
             limits,
             name: format!("bench-q{q}"),
             reattach: false,
@@ -348,7 +365,7 @@ pub async fn run(
         for wl in WORKLOADS {
             let limit = fio(&file, bytes, wl, queues, seconds)
                 .ok_or("fio failed or is not installed (apt-get install fio)")?;
-            let ours = ours(dir, &file, bytes, wl, queues, seconds).await?;
+            let ours = ours(dir, &file, bytes, wl, queues, seconds, PERSISTENT).await?;
             writeln!(
                 out,
                 "{:<20} {:>2}  {:>10.0} {:>9.1} {:>8.1}  {:>10.0} {:>9.1} {:>8.1}  {:>6.2} {:>6.2}",

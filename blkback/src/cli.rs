@@ -37,6 +37,10 @@ pub struct Options {
     /// Do not offer discard.
     #[arg(long)]
     pub no_discard: bool,
+    /// For frontends without persistent grants, map their pages per request instead of
+    /// grant-copying the data.
+    #[arg(long)]
+    pub map_non_persistent: bool,
 }
 
 impl Options {
@@ -50,6 +54,7 @@ impl Options {
             flush: true,
             barrier: true,
             discard: !self.no_discard,
+            grant_copy: !self.map_non_persistent,
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct BackendConfig {
     pub barrier: bool,
     /// `feature-discard` (also subject to the disk and the toolstack's `discard-enable`).
     pub discard: bool,
+    /// For frontends without persistent grants: grant-copy the data through a bounce buffer
+    /// (true) or map the guest's pages in one batch per request (false).
+    pub grant_copy: bool,
 }
 
 impl Default for BackendConfig {
@@ -58,6 +61,7 @@ impl Default for BackendConfig {
             flush: true,
             barrier: true,
             discard: true,
+            grant_copy: true,
         }
     }
 }
@@ -462,6 +466,7 @@ impl<P: Platform> Device<P> {
                 port: k.port,
                 abi,
                 persistent,
+                grant_copy: self.config.grant_copy,
                 limits,
                 name: format!("blkback-d{}-{}-q{q}", self.frontend, self.devid),
                 reattach,

@@ -41,6 +41,11 @@ pub(crate) enum Held<M> {
         /// Kept only to be dropped after the I/O.
         _mapping: Arc<M>,
     },
+    /// A private bounce buffer the data is grant-copied through.
+    Bounce {
+        /// Kept until the I/O and the copy back are done.
+        _buffer: xen_ring::HeapPages,
+    },
 }
 
 /// A request's mapped data: one `iovec` per segment, and what keeps them mapped.
@@ -176,6 +181,74 @@ impl<G: GrantMapper> GrantCache<G> {
             held.push(Held::Mapped { _mapping: m });
         }
         Ok((iovecs, held))
+    }
+
+    /// The grant-copy data path (no mapping): a private buffer with one page per segment at the
+    /// segment's offset; for a write, the guest's data is copied in now (one batch).
+    pub(crate) fn bounce(
+        &mut self,
+        segments: &[Segment],
+        write: bool,
+    ) -> Result<MappedData<G::Mapping>, xen_grant::Error> {
+        let buffer = xen_ring::HeapPages::new(segments.len());
+        let base = buffer.as_ptr();
+        let iovecs: Vec<libc::iovec> = segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| iovec(base.wrapping_add(i * PAGE_SIZE), s))
+            .collect();
+        if write {
+            self.copy(segments, &iovecs, false)?;
+        }
+        Ok((iovecs, vec![Held::Bounce { _buffer: buffer }]))
+    }
+
+    /// Grant-copies between the guest's segments and the bounce buffer `iovecs` point into:
+    /// `to_guest` after a read, from the guest before a write.
+    pub(crate) fn copy(
+        &self,
+        segments: &[Segment],
+        iovecs: &[libc::iovec],
+        to_guest: bool,
+    ) -> Result<(), xen_grant::Error> {
+        let mut ops = Vec::with_capacity(segments.len());
+        for (s, v) in segments.iter().zip(iovecs) {
+            let grant = xen_grant::GrantPtr {
+                domid: self.domid,
+                gref: s.gref,
+                offset: s.offset() as u16,
+            };
+            // SAFETY: each iovec covers `len` bytes of a bounce buffer this queue owns and no
+            // other reference to it exists during the copy.
+            let local =
+                unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) };
+            ops.push(if to_guest {
+                xen_grant::CopyOp::ToGrant {
+                    src: local,
+                    dst: grant,
+                }
+            } else {
+                xen_grant::CopyOp::FromGrant {
+                    src: grant,
+                    dst: local,
+                }
+            });
+        }
+        let mut status = vec![0i16; ops.len()];
+        self.mapper.copy(&mut ops, &mut status)?;
+        match status
+            .iter()
+            .zip(segments)
+            .find(|(st, _)| **st != xen_abi::grant_table::status::OKAY)
+        {
+            Some((&st, s)) => Err(xen_grant::Error::Refused {
+                op: "copy",
+                domid: self.domid,
+                gref: s.gref,
+                status: st,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Copies the contents of granted pages (indirect descriptor pages) into private memory.

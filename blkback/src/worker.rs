@@ -41,6 +41,9 @@ pub struct RingSpec {
     pub abi: Abi,
     /// Persistent grants negotiated.
     pub persistent: bool,
+    /// Without persistent grants: move data by grant copy through a private bounce buffer
+    /// instead of mapping the guest's pages.
+    pub grant_copy: bool,
     /// What requests are checked against.
     pub limits: Limits,
     /// Thread name (`blkback-d<fe>-<devid>-q<n>`).
@@ -124,6 +127,8 @@ struct InFlight<M> {
     phases: VecDeque<Phase>,
     /// Whether the operation in the kernel now is the data transfer.
     in_data_phase: bool,
+    /// For a read through a bounce buffer: the segments to copy the data back to.
+    copy_back: Option<Vec<Segment>>,
     /// The `iovec`s the current data phase points the kernel at; never resized while in flight.
     iovecs: IoVecs,
     expected: usize,
@@ -194,6 +199,8 @@ where
         limits: spec.limits,
         stats,
         failed: Arc::clone(&failed),
+        persistent: spec.persistent,
+        grant_copy: spec.grant_copy,
         notify: false,
         halted: false,
         deferred: false,
@@ -227,6 +234,8 @@ struct Worker<G: GrantMapper, E: EventChannel> {
     limits: Limits,
     stats: Arc<QueueStats>,
     failed: Arc<AtomicBool>,
+    persistent: bool,
+    grant_copy: bool,
     notify: bool,
     halted: bool,
     /// A pass stopped early (a barrier draining, or every slot in flight) without re-arming
@@ -483,17 +492,23 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 )
             }
         };
-        let (iovecs, held) = if segments.is_empty() {
-            (Vec::new(), Vec::new())
+        let copy = self.grant_copy && !self.persistent && !segments.is_empty();
+        let write = matches!(kind, Kind::Write);
+        let mapped = if segments.is_empty() {
+            Ok((Vec::new(), Vec::new()))
+        } else if copy {
+            self.cache.bounce(&segments, write)
         } else {
-            match self.cache.map(&segments, writable) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(id, "blkback: grant map failed: {e}");
-                    return self.respond(id, operation, BLKIF_RSP_ERROR);
-                }
+            self.cache.map(&segments, writable)
+        };
+        let (iovecs, held) = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(id, "blkback: grant map or copy failed: {e}");
+                return self.respond(id, operation, BLKIF_RSP_ERROR);
             }
         };
+        let copy_back = (copy && !write).then_some(segments);
         let Some(tag) = self.free.pop() else {
             self.cache.release(held);
             return self.respond(id, operation, BLKIF_RSP_ERROR);
@@ -505,6 +520,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             operation,
             phases,
             in_data_phase: false,
+            copy_back,
             iovecs,
             expected,
             held,
@@ -573,6 +589,14 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         if !ok {
             tracing::debug!(id = req.id, result = c.result, "blkback: I/O failed");
             return self.finish(tag, BLKIF_RSP_ERROR);
+        }
+        if req.in_data_phase {
+            if let Some(segments) = &req.copy_back {
+                if let Err(e) = self.cache.copy(segments, &req.iovecs.0, true) {
+                    tracing::debug!(id = req.id, "blkback: grant copy to the guest failed: {e}");
+                    return self.finish(tag, BLKIF_RSP_ERROR);
+                }
+            }
         }
         self.next_phase(tag);
     }

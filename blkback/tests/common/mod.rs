@@ -66,11 +66,12 @@ pub fn limits_for(disk: &dyn Disk, max_indirect: u16) -> Limits {
 
 pub type Front = Blkfront<SimGrants, SimEvtchn>;
 
-pub fn connect(
+pub fn connect_with(
     rig: &Rig,
     disk: &dyn Disk,
     config: FrontConfig,
     max_indirect: u16,
+    grant_copy: bool,
 ) -> (Front, RingHandle, Arc<QueueStats>) {
     let front = Blkfront::new(
         rig.guest.grants().unwrap(),
@@ -85,6 +86,7 @@ pub fn connect(
         port: front.port(),
         abi: config.abi,
         persistent: config.persistent,
+        grant_copy,
         limits: limits_for(disk, max_indirect),
         name: "blkback-test-q0".into(),
         reattach: false,
@@ -105,4 +107,14 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8)
         .collect()
+}
+
+/// `connect_with` mapping non-persistent grants (not copying).
+pub fn connect(
+    rig: &Rig,
+    disk: &dyn Disk,
+    config: FrontConfig,
+    max_indirect: u16,
+) -> (Front, RingHandle, Arc<QueueStats>) {
+    connect_with(rig, disk, config, max_indirect, false)
 }
