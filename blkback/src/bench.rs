@@ -388,5 +388,56 @@ pub async fn run(
         "(us = CPU microseconds per I/O; the last two columns are ours / fio)"
     )
     .map_err(w)?;
+    writeln!(out).map_err(w)?;
+    writeln!(
+        out,
+        "without persistent grants, one queue: batched map per request vs grant copy"
+    )
+    .map_err(w)?;
+    writeln!(
+        out,
+        "{:<20}  {:>10} {:>8}  {:>10} {:>8}  {:>8}",
+        "workload", "map IOPS", "map us", "copy IOPS", "copy us", "copy/map"
+    )
+    .map_err(w)?;
+    for wl in [WORKLOADS[1], WORKLOADS[3], WORKLOADS[4], WORKLOADS[5]] {
+        let map = ours(
+            dir,
+            &file,
+            bytes,
+            wl,
+            1,
+            seconds,
+            DataPath {
+                persistent: false,
+                grant_copy: false,
+            },
+        )
+        .await?;
+        let copy = ours(
+            dir,
+            &file,
+            bytes,
+            wl,
+            1,
+            seconds,
+            DataPath {
+                persistent: false,
+                grant_copy: true,
+            },
+        )
+        .await?;
+        writeln!(
+            out,
+            "{:<20}  {:>10.0} {:>8.1}  {:>10.0} {:>8.1}  {:>8.2}",
+            wl.name,
+            map.iops,
+            map.cpu_us,
+            copy.iops,
+            copy.cpu_us,
+            copy.iops / map.iops
+        )
+        .map_err(w)?;
+    }
     Ok(())
 }
