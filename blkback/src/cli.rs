@@ -41,6 +41,10 @@ pub struct Options {
     /// grant-copying the data.
     #[arg(long)]
     pub map_non_persistent: bool,
+    /// Write every connected device's counters to this file as JSON, once a second (for the
+    /// driver domain's supervisor).
+    #[arg(long)]
+    pub stats_file: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -63,11 +67,31 @@ async fn serve<P: Platform>(
     platform: P,
     xs: xen_store::Xs,
     config: BackendConfig,
+    stats_file: Option<std::path::PathBuf>,
 ) -> Result<(), String> {
-    Backend::new(Arc::new(platform), xs, config)
-        .run()
-        .await
-        .map_err(|e| format!("xenstore: {e}"))
+    let backend = Backend::new(Arc::new(platform), xs, config);
+    if let Some(path) = stats_file {
+        let registry = backend.stats();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Ok(json) = serde_json::to_vec_pretty(&crate::device::snapshot(&registry))
+                else {
+                    continue;
+                };
+                // Written aside and renamed, so a reader never sees half a file.
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, json)
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .is_err()
+                {
+                    tracing::warn!(path = %path.display(), "cannot write the stats file");
+                }
+            }
+        });
+    }
+    backend.run().await.map_err(|e| format!("xenstore: {e}"))
 }
 
 /// Runs the backend until xenstore goes away.
@@ -84,7 +108,13 @@ pub async fn run(options: Options) -> Result<(), String> {
         "sim" => {
             let domain = xen_sim::SimDomain::from_env().map_err(|e| e.to_string())?;
             let xs = domain.xenstore().await.map_err(|e| e.to_string())?;
-            serve(SimPlatform::new(domain), xs, config).await
+            serve(
+                SimPlatform::new(domain),
+                xs,
+                config,
+                options.stats_file.clone(),
+            )
+            .await
         }
         "xen" => {
             let xs = xen_store::Xs::open().await.map_err(|e| {
@@ -96,7 +126,13 @@ pub async fn run(options: Options) -> Result<(), String> {
                 .map_err(|e| e.to_string())?
                 .and_then(|d| u16::try_from(d).ok())
                 .ok_or("cannot read this domain's id from xenstore (key `domid`)")?;
-            serve(XenPlatform::new(domid), xs, config).await
+            serve(
+                XenPlatform::new(domid),
+                xs,
+                config,
+                options.stats_file.clone(),
+            )
+            .await
         }
         other => Err(format!("unknown platform {other:?}: use `sim` or `xen`")),
     }

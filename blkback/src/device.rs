@@ -88,6 +88,22 @@ pub(crate) struct Device<P: Platform> {
     state: XenbusState,
 }
 
+/// A copy of every connected device's counters.
+pub fn snapshot(registry: &StatsRegistry) -> Vec<crate::stats::DeviceSnapshot> {
+    registry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(
+            |(&(frontend, devid), queues)| crate::stats::DeviceSnapshot {
+                frontend,
+                devid,
+                queues: queues.iter().map(|q| q.snapshot()).collect(),
+            },
+        )
+        .collect()
+}
+
 /// Counters of every connected device's queues, by (frontend, devid).
 pub type StatsRegistry =
     Arc<std::sync::Mutex<std::collections::BTreeMap<(DomId, u32), Vec<Arc<QueueStats>>>>>;

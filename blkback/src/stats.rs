@@ -36,7 +36,7 @@ pub struct QueueStats {
 }
 
 /// A copy of the counters.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QueueSnapshot {
     /// See [`QueueStats::reads`].
     pub reads: u64,
@@ -92,4 +92,15 @@ impl QueueStats {
             latency: self.latency.iter().map(get).collect(),
         }
     }
+}
+
+/// The counters of every connected device, as the `--stats-file` JSON shows them.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DeviceSnapshot {
+    /// The frontend domain.
+    pub frontend: u16,
+    /// The device id.
+    pub devid: u32,
+    /// One entry per queue.
+    pub queues: Vec<QueueSnapshot>,
 }

@@ -14,9 +14,10 @@ use xen_abi::blkif::BLKIF_RSP_OKAY;
 use xen_sim::toolstack::{attach_device, DeviceSpec};
 use xen_sim::{Host, SimDomain};
 
-fn spawn_blkback(creds: &xen_sim::Credentials) -> tokio::process::Child {
+fn spawn_blkback(creds: &xen_sim::Credentials, stats: &std::path::Path) -> tokio::process::Child {
     let mut cmd = Host::command(creds, env!("CARGO_BIN_EXE_blkback"));
-    cmd.args(["--platform", "sim"])
+    cmd.args(["--platform", "sim", "--stats-file"])
+        .arg(stats)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
@@ -38,7 +39,8 @@ async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
     let mut dd = SimDomain::new(dd_creds.clone());
     dd.boot().unwrap();
     let guest = SimDomain::new(host.create_domain("guest", 4096).unwrap());
-    let mut backend = spawn_blkback(&dd_creds);
+    let stats_file = dir.path().join("blkback-stats.json");
+    let mut backend = spawn_blkback(&dd_creds, &stats_file);
 
     let disk = dir.path().join("disk.img");
     std::fs::File::create(&disk)
@@ -111,7 +113,7 @@ async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
     );
     backend.kill().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut backend = spawn_blkback(&dd_creds);
+    let mut backend = spawn_blkback(&dd_creds, &stats_file);
     tokio::time::sleep(Duration::from_millis(300)).await;
     running.store(false, Ordering::Release);
     let (mut dev, durable) = workload.await.unwrap();
@@ -125,5 +127,15 @@ async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
     for i in 0..durable {
         assert_eq!(front.read(i * 8, 4096).unwrap(), block(i), "block {i} lost");
     }
+    // The restarted backend publishes its counters for the supervisor.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stats_file).unwrap()).unwrap();
+    let queue = &stats[0]["queues"][0];
+    assert_eq!(stats[0]["devid"], 51712);
+    assert!(
+        queue["writes"].as_u64().unwrap() > 0 && queue["reads"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
     backend.kill().await.unwrap();
 }
