@@ -41,6 +41,11 @@ pub struct Options {
     /// grant-copying the data.
     #[arg(long)]
     pub map_non_persistent: bool,
+    /// Most persistent grants each queue keeps mapped (Linux blkback's default is 1056, what
+    /// Linux blkfront's defaults keep in flight; frontends with more in flight make the
+    /// least-recently-used ones be unmapped and mapped again).
+    #[arg(long, default_value_t = crate::MAX_PERSISTENT_GRANTS)]
+    pub max_persistent_grants: usize,
     /// Write every connected device's counters to this file as JSON, once a second (for the
     /// driver domain's supervisor).
     #[arg(long)]
@@ -59,6 +64,7 @@ impl Options {
             barrier: true,
             discard: !self.no_discard,
             grant_copy: !self.map_non_persistent,
+            max_persistent_grants: self.max_persistent_grants.max(1),
         }
     }
 }

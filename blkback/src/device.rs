@@ -48,6 +48,8 @@ pub struct BackendConfig {
     /// For frontends without persistent grants: grant-copy the data through a bounce buffer
     /// (true) or map the guest's pages in one batch per request (false).
     pub grant_copy: bool,
+    /// Most persistent grants a queue keeps mapped.
+    pub max_persistent_grants: usize,
 }
 
 impl Default for BackendConfig {
@@ -62,6 +64,7 @@ impl Default for BackendConfig {
             barrier: true,
             discard: true,
             grant_copy: true,
+            max_persistent_grants: crate::MAX_PERSISTENT_GRANTS,
         }
     }
 }
@@ -483,6 +486,7 @@ impl<P: Platform> Device<P> {
                 abi,
                 persistent,
                 grant_copy: self.config.grant_copy,
+                max_persistent_grants: self.config.max_persistent_grants,
                 limits,
                 name: format!("blkback-d{}-{}-q{q}", self.frontend, self.devid),
                 reattach,

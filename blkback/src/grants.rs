@@ -16,7 +16,9 @@ use xen_grant::{GrantMapper, SharedMemory};
 
 use crate::stats::QueueStats;
 
-/// Most persistent grants one queue keeps mapped (Linux blkback's `max_persistent_grants`).
+/// Most persistent grants one queue keeps mapped by default (Linux blkback's
+/// `max_persistent_grants`: 32 slots of a one-page ring times 33 grants, which is what Linux
+/// blkfront's defaults can have in flight).
 pub const MAX_PERSISTENT_GRANTS: usize = 1056;
 
 struct Entry<M> {
@@ -56,6 +58,7 @@ pub(crate) struct GrantCache<G: GrantMapper> {
     mapper: Arc<G>,
     domid: DomId,
     persistent: bool,
+    max: usize,
     entries: HashMap<GrantRef, Entry<G::Mapping>>,
     clock: u64,
     stats: Arc<QueueStats>,
@@ -73,12 +76,14 @@ impl<G: GrantMapper> GrantCache<G> {
         mapper: Arc<G>,
         domid: DomId,
         persistent: bool,
+        max: usize,
         stats: Arc<QueueStats>,
     ) -> Self {
         Self {
             mapper,
             domid,
             persistent,
+            max: max.max(1),
             entries: HashMap::new(),
             clock: 0,
             stats,
@@ -93,7 +98,7 @@ impl<G: GrantMapper> GrantCache<G> {
 
     /// Evicts least-recently-used idle entries until `needed` more fit; false if they cannot.
     fn make_room(&mut self, needed: usize) -> bool {
-        if self.entries.len() + needed <= MAX_PERSISTENT_GRANTS {
+        if self.entries.len() + needed <= self.max {
             return true;
         }
         let mut idle: Vec<(u64, GrantRef)> = self
@@ -104,15 +109,12 @@ impl<G: GrantMapper> GrantCache<G> {
             .collect();
         idle.sort_unstable();
         // Purge at least a tenth at a time, as Linux does, so the cost is amortised.
-        let excess = self.entries.len() + needed - MAX_PERSISTENT_GRANTS;
-        for (_, gref) in idle
-            .into_iter()
-            .take(excess.max(MAX_PERSISTENT_GRANTS / 10))
-        {
+        let excess = self.entries.len() + needed - self.max;
+        for (_, gref) in idle.into_iter().take(excess.max(self.max / 10)) {
             self.entries.remove(&gref);
         }
         self.publish_size();
-        self.entries.len() + needed <= MAX_PERSISTENT_GRANTS
+        self.entries.len() + needed <= self.max
     }
 
     /// Maps the pages of `segments` and returns one `iovec` per segment, plus what must be

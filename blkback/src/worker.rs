@@ -41,6 +41,8 @@ pub struct RingSpec {
     pub abi: Abi,
     /// Persistent grants negotiated.
     pub persistent: bool,
+    /// Most persistent grants this queue keeps mapped.
+    pub max_persistent_grants: usize,
     /// Without persistent grants: move data by grant copy through a private bounce buffer
     /// instead of mapping the guest's pages.
     pub grant_copy: bool,
@@ -189,7 +191,13 @@ where
         free: (0..slots).rev().collect(),
         blocked: None,
         barrier_active: false,
-        cache: GrantCache::new(mapper, spec.frontend, spec.persistent, Arc::clone(&stats)),
+        cache: GrantCache::new(
+            mapper,
+            spec.frontend,
+            spec.persistent,
+            spec.max_persistent_grants,
+            Arc::clone(&stats),
+        ),
         ring,
         evtchn,
         local_port,

@@ -488,6 +488,7 @@ async fn abi_mismatch_garbles_only_that_ring() {
         abi: xen_blkif::Abi::X86_32,
         persistent: true,
         grant_copy: false,
+        max_persistent_grants: blkback::MAX_PERSISTENT_GRANTS,
         limits: common::limits_for(&bad_disk, 256),
         name: "blkback-mismatch".into(),
         reattach: false,

@@ -87,6 +87,7 @@ pub fn connect_with(
         abi: config.abi,
         persistent: config.persistent,
         grant_copy,
+        max_persistent_grants: blkback::MAX_PERSISTENT_GRANTS,
         limits: limits_for(disk, max_indirect),
         name: "blkback-test-q0".into(),
         reattach: false,
