@@ -346,6 +346,12 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
             BLKIF_OP_FLUSH_DISKCACHE
         };
         self.ring.push_rw(id, op, 0, &[])?;
+        self.track_without_data(id);
+        Ok(id)
+    }
+
+    /// Remembers a request that carries no data pages.
+    fn track_without_data(&mut self, id: u64) {
         self.pending.insert(
             id,
             Pending {
@@ -354,7 +360,6 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
                 read_len: None,
             },
         );
-        Ok(id)
     }
 
     /// Queues a discard.
@@ -362,28 +367,14 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
         let id = self.next_id;
         self.next_id += 1;
         self.ring.push_discard(id, sector, nr_sectors, secure)?;
-        self.pending.insert(
-            id,
-            Pending {
-                pages: Vec::new(),
-                indirect: Vec::new(),
-                read_len: None,
-            },
-        );
+        self.track_without_data(id);
         Ok(id)
     }
 
     /// Queues raw slot bytes, as a misbehaving frontend would; `id` is what the slot carries.
     pub fn submit_raw(&mut self, id: u64, slot: &[u8]) -> Result<()> {
         self.ring.push_raw(slot)?;
-        self.pending.insert(
-            id,
-            Pending {
-                pages: Vec::new(),
-                indirect: Vec::new(),
-                read_len: None,
-            },
-        );
+        self.track_without_data(id);
         Ok(())
     }
 
