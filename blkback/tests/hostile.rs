@@ -521,3 +521,86 @@ async fn abi_mismatch_garbles_only_that_ring() {
     finish(&stop, traffic, 3);
     handle.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writer_on_indirect_pages_cannot_change_what_was_validated() {
+    let (scene, bad_disk, stop, traffic, _good) = scene().await;
+    let config = FrontConfig {
+        persistent: false,
+        indirect_segments: 256,
+        ..FrontConfig::default()
+    };
+    let (mut bad, handle, stats) = connect(&scene.rig, &bad_disk, config, 256);
+    // One indirect page describing 16 data pages, rewritten by a racing thread while the
+    // backend reads it: it must act on the copy it validated, or refuse.
+    let data: Vec<_> = (0..16).map(|_| bad.grant_page(true).unwrap()).collect();
+    let indirect = bad.grant_page(true).unwrap();
+    let descriptors: Vec<u8> = data
+        .iter()
+        .flat_map(|p| {
+            BlkifRequestSegment {
+                gref: p.refs()[0],
+                first_sect: 0,
+                last_sect: 7,
+                _pad: 0,
+            }
+            .as_bytes()
+            .to_vec()
+        })
+        .collect();
+    let page = indirect.as_ptr() as usize;
+    let racing = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&racing);
+    let good_bytes = descriptors.clone();
+    let flipper = std::thread::spawn(move || {
+        let mut x = 0x1234_5678u32;
+        while flag.load(Ordering::Acquire) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let at = (x as usize) % good_bytes.len();
+            // Alternate between a garbage byte and the valid one.
+            let value = if x & 1 == 0 {
+                (x >> 8) as u8
+            } else {
+                good_bytes[at]
+            };
+            // SAFETY: inside the granted indirect page, which outlives the thread (joined below).
+            unsafe { std::ptr::write_volatile((page + at) as *mut u8, value) };
+        }
+    });
+    // SAFETY: the descriptors fit in the page (16 x 8 bytes).
+    unsafe {
+        std::ptr::copy_nonoverlapping(descriptors.as_ptr(), indirect.as_ptr(), descriptors.len())
+    };
+    let mut answered = 0;
+    for round in 0..100u64 {
+        let id = 50_000 + round;
+        let req = BlkifRequestIndirect {
+            operation: BLKIF_OP_INDIRECT,
+            indirect_op: if round % 2 == 0 {
+                BLKIF_OP_READ
+            } else {
+                BLKIF_OP_WRITE
+            },
+            nr_segments: 16,
+            id,
+            sector_number: (round % 8) * 128,
+            indirect_grefs: [indirect.refs()[0], 0, 0, 0, 0, 0, 0, 0],
+            ..Default::default()
+        };
+        bad.submit_raw(id, req.as_bytes()).unwrap();
+        bad.kick().unwrap();
+        let done = bad.wait_for(id, Duration::from_secs(10)).expect("answered");
+        assert!([BLKIF_RSP_OKAY, BLKIF_RSP_ERROR].contains(&done.status));
+        answered += 1;
+    }
+    racing.store(false, Ordering::Release);
+    flipper.join().unwrap();
+    assert_eq!(answered, 100);
+    let s = stats.snapshot();
+    assert_eq!(s.in_flight, 0);
+    assert!(s.indirect >= 100);
+    finish(&stop, traffic, 3);
+    handle.stop();
+}
