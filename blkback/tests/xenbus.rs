@@ -442,3 +442,48 @@ async fn frontend_state_toggling_leaks_nothing() {
     assert_eq!(dev2.queues[0].read(0, 4096).unwrap(), vec![9u8; 4096]);
     rig.backend_task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_key_floods_do_not_disturb_a_connected_device() {
+    let rig = rig(BackendConfig::default()).await;
+    let fe_dir = attach(&rig, 51712, 8 << 20, "w").await;
+    let gxs = rig.guest.xenstore().await.unwrap();
+    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .unwrap();
+    // The guest rewrites its keys (state included, to the same value) as fast as it can.
+    let flood = {
+        let gxs = gxs.clone();
+        let fe_dir = fe_dir.clone();
+        tokio::spawn(async move {
+            for i in 0..2000u32 {
+                let key =
+                    ["ring-ref", "event-channel", "feature-persistent", "state"][i as usize % 4];
+                let value = if key == "state" {
+                    "4".to_string()
+                } else {
+                    i.to_string()
+                };
+                gxs.write(&format!("{fe_dir}/{key}"), value.as_bytes())
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    for k in 0..50u64 {
+        let data = vec![k as u8; 4096];
+        tokio::task::block_in_place(|| {
+            dev.queues[0].write(k * 8, &data).unwrap();
+            assert_eq!(dev.queues[0].read(k * 8, 4096).unwrap(), data);
+        });
+    }
+    flood.await.unwrap();
+    let be = dev.backend_dir.clone();
+    assert_eq!(
+        gxs.read_state(&format!("{be}/state")).await.unwrap(),
+        XenbusState::Connected,
+        "still connected"
+    );
+    tokio::task::block_in_place(|| dev.queues[0].write(0, &[1u8; 512])).unwrap();
+    rig.backend_task.abort();
+}
