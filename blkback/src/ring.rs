@@ -26,6 +26,14 @@ impl<M: SharedMemory> AnyRing<M> {
         })
     }
 
+    /// The index of the next request to be popped (its sequence number).
+    pub(crate) fn req_cons(&self) -> u32 {
+        match self {
+            Self::Native(r) => r.req_cons(),
+            Self::X86_32(r) => r.req_cons(),
+        }
+    }
+
     pub(crate) fn size(&self) -> u32 {
         match self {
             Self::Native(r) => r.size(),

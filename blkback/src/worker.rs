@@ -124,6 +124,8 @@ enum Phase {
 }
 
 struct InFlight<M> {
+    /// The ring index the request was popped at: its place in the response order.
+    seq: u32,
     id: u64,
     operation: u8,
     phases: VecDeque<Phase>,
@@ -190,6 +192,8 @@ where
         inflight: (0..slots).map(|_| None).collect(),
         free: (0..slots).rev().collect(),
         blocked: None,
+        answers: std::collections::VecDeque::new(),
+        publish_base: ring.req_cons(),
         barrier_active: false,
         cache: GrantCache::new(
             mapper,
@@ -230,7 +234,12 @@ struct Worker<G: GrantMapper, E: EventChannel> {
     queue: Box<dyn Queue>,
     inflight: Vec<Option<InFlight<G::Mapping>>>,
     free: Vec<usize>,
-    blocked: Option<Request>,
+    blocked: Option<(Request, u32)>,
+    /// Answers not yet published, in request order from `publish_base`: responses are
+    /// published in the order requests were taken, so that `rsp_prod` always marks a prefix of
+    /// answered requests and a restarted backend attaching there re-serves exactly the others.
+    answers: std::collections::VecDeque<Option<(u64, u8, i16)>>,
+    publish_base: u32,
     barrier_active: bool,
     cache: GrantCache<G>,
     ring: AnyRing<G::Mapping>,
@@ -329,13 +338,34 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         let _ = self.evtchn.unbind(self.local_port);
     }
 
-    fn respond(&mut self, id: u64, operation: u8, status: i16) {
+    /// Records the answer to the request popped at `seq` and publishes every answer that is
+    /// now next in order.
+    fn respond(&mut self, seq: u32, id: u64, operation: u8, status: i16) {
         if status != BLKIF_RSP_OKAY {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
-        match self.ring.respond(id, operation, status) {
-            Ok(notify) => self.notify |= notify,
-            Err(e) => tracing::error!("blkback queue: cannot respond: {e}"),
+        let at = seq.wrapping_sub(self.publish_base) as usize;
+        if at >= self.ring.size() as usize {
+            tracing::error!(
+                seq,
+                base = self.publish_base,
+                "blkback queue: answer out of the ring's window dropped"
+            );
+            return;
+        }
+        if self.answers.len() <= at {
+            self.answers.resize(at + 1, None);
+        }
+        if let Some(slot) = self.answers.get_mut(at) {
+            *slot = Some((id, operation, status));
+        }
+        while let Some(Some((id, operation, status))) = self.answers.front().copied() {
+            self.answers.pop_front();
+            self.publish_base = self.publish_base.wrapping_add(1);
+            match self.ring.respond(id, operation, status) {
+                Ok(notify) => self.notify |= notify,
+                Err(e) => tracing::error!("blkback queue: cannot respond: {e}"),
+            }
         }
     }
 
@@ -354,13 +384,13 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             return;
         }
         loop {
-            if let Some(req) = self.blocked.take() {
+            if let Some((req, seq)) = self.blocked.take() {
                 if self.in_flight() > 0 {
-                    self.blocked = Some(req);
+                    self.blocked = Some((req, seq));
                     self.deferred = true;
                     return;
                 }
-                self.start(req);
+                self.start(req, seq);
             }
             if self.barrier_active {
                 self.deferred = true;
@@ -374,7 +404,9 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             if let Err(e) = self.ring.begin_pass(room) {
                 return self.halt(e);
             }
-            while let Some(slot) = self.ring.pop() {
+            loop {
+                let seq = self.ring.req_cons();
+                let Some(slot) = self.ring.pop() else { break };
                 tracing::trace!(operation = slot[0], "blkback request");
                 match parse_slot(self.abi, &slot, &self.limits) {
                     Err(rej) => {
@@ -384,14 +416,14 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                             "blkback: refused request: {}",
                             rej.reason
                         );
-                        self.respond(rej.id, rej.operation, rej.status);
+                        self.respond(seq, rej.id, rej.operation, rej.status);
                     }
                     Ok(req) if needs_drain(&req) && self.in_flight() > 0 => {
-                        self.blocked = Some(req);
+                        self.blocked = Some((req, seq));
                         self.deferred = true;
                         return;
                     }
-                    Ok(req) => self.start(req),
+                    Ok(req) => self.start(req, seq),
                 }
                 if self.barrier_active {
                     self.deferred = true;
@@ -429,7 +461,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         Ok(out)
     }
 
-    fn start(&mut self, req: Request) {
+    fn start(&mut self, req: Request, seq: u32) {
         let id = req.id();
         let operation = req.operation();
         let (phases, kind, segments, writable, sectors, barrier) = match req {
@@ -449,7 +481,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                             Ok(s) => s,
                             Err(reason) => {
                                 tracing::debug!(id, "blkback: bad indirect request: {reason}");
-                                return self.respond(id, operation, BLKIF_RSP_ERROR);
+                                return self.respond(seq, id, operation, BLKIF_RSP_ERROR);
                             }
                         }
                     }
@@ -457,7 +489,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 let total: u64 = segments.iter().map(Segment::sectors).sum();
                 if let Err(reason) = check_extent(sector, total, &self.limits) {
                     tracing::debug!(id, "blkback: bad request extent: {reason}");
-                    return self.respond(id, operation, BLKIF_RSP_ERROR);
+                    return self.respond(seq, id, operation, BLKIF_RSP_ERROR);
                 }
                 let write = op == RwOp::Write;
                 let data = Phase::Data {
@@ -513,17 +545,18 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(id, "blkback: grant map or copy failed: {e}");
-                return self.respond(id, operation, BLKIF_RSP_ERROR);
+                return self.respond(seq, id, operation, BLKIF_RSP_ERROR);
             }
         };
         let copy_back = (copy && !write).then_some(segments);
         let Some(tag) = self.free.pop() else {
             self.cache.release(held);
-            return self.respond(id, operation, BLKIF_RSP_ERROR);
+            return self.respond(seq, id, operation, BLKIF_RSP_ERROR);
         };
         let expected = iovecs.iter().map(|v| v.iov_len).sum();
         let iovecs = IoVecs(iovecs);
         let req = InFlight {
+            seq,
             id,
             operation,
             phases,
@@ -640,7 +673,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.record_latency(req.started.elapsed());
-        self.respond(req.id, req.operation, status);
+        self.respond(req.seq, req.id, req.operation, status);
     }
 }
 

@@ -19,7 +19,20 @@ fn spawn_blkback(creds: &xen_sim::Credentials, stats: &std::path::Path) -> tokio
     cmd.args(["--platform", "sim", "--stats-file"])
         .arg(stats)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("BLKBACK_TEST_LOG") {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .unwrap(),
+            ),
+            None => Stdio::null(),
+        })
+        .env(
+            "RUST_LOG",
+            std::env::var("BLKBACK_TEST_LEVEL").unwrap_or_else(|_| "blkback=debug".into()),
+        )
         .kill_on_drop(true);
     cmd.spawn().unwrap()
 }
@@ -45,7 +58,7 @@ async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
     let disk = dir.path().join("disk.img");
     std::fs::File::create(&disk)
         .unwrap()
-        .set_len(64 << 20)
+        .set_len(256 << 20)
         .unwrap();
     let dom0 = host.xenstored().dom0_client().unwrap();
     let spec = DeviceSpec {
@@ -97,7 +110,7 @@ async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
             batch += 1;
             durable = batch * 16;
             seen.store(batch, Ordering::Release);
-            if batch >= 400 {
+            if batch >= 4000 {
                 break;
             }
         }
@@ -108,7 +121,7 @@ async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     let at_kill = progress.load(Ordering::Acquire);
     assert!(
-        at_kill > 0 && at_kill < 400,
+        at_kill > 0 && at_kill < 4000,
         "the workload is running when blkback is killed ({at_kill} batches)"
     );
     backend.kill().await.unwrap();
