@@ -78,6 +78,29 @@ async fn attach(rig: &Rig, devid: u32, bytes: u64, mode: &str) -> String {
     xen_store::path::frontend_path(rig.guest.domid(), "vbd", devid)
 }
 
+/// A connected guest disk: the guest's xenstore connection, its frontend directory, the device.
+type Connected = (
+    xen_store::Xs,
+    String,
+    blkfront::xenbus::BlkDevice<xen_sim::domain::SimGrants, xen_sim::domain::SimEvtchn>,
+);
+
+/// Attaches a disk as the toolstack does and connects the guest's blkfront to it.
+async fn attach_and_connect(
+    rig: &Rig,
+    devid: u32,
+    bytes: u64,
+    mode: &str,
+    opts: FrontOptions,
+) -> Connected {
+    let fe_dir = attach(rig, devid, bytes, mode).await;
+    let gxs = rig.guest.xenstore().await.unwrap();
+    let dev = connect(&gxs, &fe_dir, opts, handles(&rig.guest))
+        .await
+        .unwrap();
+    (gxs, fe_dir, dev)
+}
+
 fn handles(
     guest: &SimDomain,
 ) -> impl FnMut() -> (xen_sim::domain::SimGrants, xen_sim::domain::SimEvtchn) + '_ {
@@ -87,8 +110,6 @@ fn handles(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_negotiate_io_and_hot_unplug() {
     let rig = rig(BackendConfig::default()).await;
-    let fe_dir = attach(&rig, 51712, 16 << 20, "w").await;
-    let gxs = rig.guest.xenstore().await.unwrap();
     let opts = FrontOptions {
         queues: 2,
         ring_pages: 4,
@@ -96,9 +117,7 @@ async fn attach_negotiate_io_and_hot_unplug() {
         persistent: true,
         indirect_segments: 256,
     };
-    let mut dev = connect(&gxs, &fe_dir, opts, handles(&rig.guest))
-        .await
-        .unwrap();
+    let (gxs, _fe_dir, mut dev) = attach_and_connect(&rig, 51712, 16 << 20, "w", opts).await;
     assert_eq!((dev.sectors, dev.sector_size, dev.info), (32768, 512, 0));
     assert_eq!(dev.queues.len(), 2);
     assert_eq!(dev.queues[0].ring_size(), 128, "4-page rings");
@@ -174,11 +193,8 @@ async fn attach_negotiate_io_and_hot_unplug() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_disk_and_reconnect_with_new_rings() {
     let rig = rig(BackendConfig::default()).await;
-    let fe_dir = attach(&rig, 51728, 4 << 20, "r").await;
-    let gxs = rig.guest.xenstore().await.unwrap();
-    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
-        .await
-        .unwrap();
+    let (gxs, fe_dir, mut dev) =
+        attach_and_connect(&rig, 51728, 4 << 20, "r", FrontOptions::default()).await;
     assert_eq!(dev.info & VDISK_READONLY, VDISK_READONLY);
     assert!(
         dev.queues[0].write(0, &[1u8; 4096]).is_err(),
@@ -328,15 +344,11 @@ async fn bad_frontend_keys_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_unplug_with_io_in_flight_answers_everything_first() {
     let rig = rig(BackendConfig::default()).await;
-    let fe_dir = attach(&rig, 51712, 16 << 20, "w").await;
-    let gxs = rig.guest.xenstore().await.unwrap();
     let opts = FrontOptions {
         persistent: false,
         ..FrontOptions::default()
     };
-    let mut dev = connect(&gxs, &fe_dir, opts, handles(&rig.guest))
-        .await
-        .unwrap();
+    let (gxs, fe_dir, mut dev) = attach_and_connect(&rig, 51712, 16 << 20, "w", opts).await;
     let be = dev.backend_dir.clone();
     let front = &mut dev.queues[0];
     let n = front.ring_size() as u64;
@@ -395,11 +407,8 @@ async fn hot_unplug_with_io_in_flight_answers_everything_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frontend_state_toggling_leaks_nothing() {
     let rig = rig(BackendConfig::default()).await;
-    let fe_dir = attach(&rig, 51712, 16 << 20, "w").await;
-    let gxs = rig.guest.xenstore().await.unwrap();
-    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
-        .await
-        .unwrap();
+    let (gxs, fe_dir, mut dev) =
+        attach_and_connect(&rig, 51712, 16 << 20, "w", FrontOptions::default()).await;
     let be = dev.backend_dir.clone();
     for k in 0..8u64 {
         dev.queues[0].submit_write(k * 8, &[1u8; 4096]).unwrap();
@@ -446,11 +455,8 @@ async fn frontend_state_toggling_leaks_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frontend_key_floods_do_not_disturb_a_connected_device() {
     let rig = rig(BackendConfig::default()).await;
-    let fe_dir = attach(&rig, 51712, 8 << 20, "w").await;
-    let gxs = rig.guest.xenstore().await.unwrap();
-    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
-        .await
-        .unwrap();
+    let (gxs, fe_dir, mut dev) =
+        attach_and_connect(&rig, 51712, 8 << 20, "w", FrontOptions::default()).await;
     // The guest rewrites its keys (state included, to the same value) as fast as it can.
     let flood = {
         let gxs = gxs.clone();

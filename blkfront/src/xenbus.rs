@@ -240,29 +240,37 @@ where
 }
 
 impl<A: GrantAllocator, E: EventChannel> BlkDevice<A, E> {
+    /// Writes our `state`, then waits until the backend's satisfies `until`.
+    async fn step(
+        &self,
+        xs: &Xs,
+        state: XenbusState,
+        until: impl Fn(XenbusState) -> bool,
+    ) -> Result<()> {
+        xs.write_state(&format!("{}/state", self.dir), state)
+            .await
+            .map_err(|e| Error::Xenstore(e.to_string()))?;
+        wait_state(
+            xs,
+            &format!("{}/state", self.backend_dir),
+            Duration::from_secs(30),
+            until,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Closes the device as blkfront does: `Closing`, wait for the backend to close, `Closed`.
     /// The rings and grants are released after the backend has let go of them.
     pub async fn close(self, xs: &Xs) -> Result<()> {
-        let x = |e: xen_store::Error| Error::Xenstore(e.to_string());
-        xs.write_state(&format!("{}/state", self.dir), XenbusState::Closing)
-            .await
-            .map_err(x)?;
-        wait_state(
-            xs,
-            &format!("{}/state", self.backend_dir),
-            Duration::from_secs(30),
-            |s| s >= XenbusState::Closing || s == XenbusState::Unknown,
-        )
+        let gone = |s: XenbusState| s == XenbusState::Unknown;
+        self.step(xs, XenbusState::Closing, |s| {
+            s >= XenbusState::Closing || gone(s)
+        })
         .await?;
-        xs.write_state(&format!("{}/state", self.dir), XenbusState::Closed)
-            .await
-            .map_err(x)?;
-        wait_state(
-            xs,
-            &format!("{}/state", self.backend_dir),
-            Duration::from_secs(30),
-            |s| s == XenbusState::Closed || s == XenbusState::Unknown,
-        )
+        self.step(xs, XenbusState::Closed, |s| {
+            s == XenbusState::Closed || gone(s)
+        })
         .await?;
         drop(self.queues);
         Ok(())

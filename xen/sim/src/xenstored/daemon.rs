@@ -381,22 +381,16 @@ impl State {
                 out.events.extend(o.events);
                 Ok(ok())
             }
-            msg::RELEASE => {
+            msg::RELEASE | msg::RESUME => {
                 privileged()?;
                 let d = domid_arg(0)?;
                 if !self.introduced.contains(&d) {
                     return Err(XsErrno::ENOENT);
                 }
-                let o = self.release(d);
-                out.events.extend(o.events);
-                out.close.extend(o.close);
-                Ok(ok())
-            }
-            msg::RESUME => {
-                privileged()?;
-                let d = domid_arg(0)?;
-                if !self.introduced.contains(&d) {
-                    return Err(XsErrno::ENOENT);
+                if req.type_ == msg::RELEASE {
+                    let o = self.release(d);
+                    out.events.extend(o.events);
+                    out.close.extend(o.close);
                 }
                 Ok(ok())
             }
