@@ -213,6 +213,7 @@ where
         failed: Arc::clone(&failed),
         persistent: spec.persistent,
         grant_copy: spec.grant_copy,
+        reattached: spec.reattach,
         notify: false,
         halted: false,
         deferred: false,
@@ -253,6 +254,8 @@ struct Worker<G: GrantMapper, E: EventChannel> {
     failed: Arc<AtomicBool>,
     persistent: bool,
     grant_copy: bool,
+    /// Attached to a live ring (restart).
+    reattached: bool,
     notify: bool,
     halted: bool,
     /// A pass stopped early (a barrier draining, or every slot in flight) without re-arming
@@ -276,6 +279,14 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         let mut done = Vec::new();
         // A frontend may have queued requests before we bound the port.
         self.service_ring();
+        if self.reattached {
+            // A backend that died between publishing responses and notifying left the frontend
+            // waiting for an event that never came: one (possibly spurious) event covers it.
+            self.notify = true;
+        }
+        if std::mem::take(&mut self.notify) {
+            let _ = self.evtchn.notify(self.local_port);
+        }
         loop {
             if stopping && self.in_flight() == 0 {
                 break;
