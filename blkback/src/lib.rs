@@ -12,7 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod device;
 mod grants;
-pub mod platform;
+pub use xen_backend::platform;
 mod ring;
 pub mod stats;
 pub mod storage;

@@ -154,6 +154,28 @@ impl<M: SharedMemory, Req: RingEntry, Rsp: RingEntry> BackRing<M, Req, Rsp> {
         new.wrapping_sub(event) < new.wrapping_sub(old)
     }
 
+    /// Whether at least `needed` requests are waiting; if not, asks the frontend for an event as
+    /// soon as it produces any more (`req_event = req_prod + 1`) and checks again, so a request
+    /// produced concurrently is either seen now or notified. Linux netback's
+    /// `xenvif_rx_ring_slots_available`, for consumers that need several slots at once.
+    pub fn requests_available_or_arm(&mut self, needed: u32) -> Result<bool, RingError> {
+        // Bounded: a frontend that keeps producing meanwhile sees our `req_event` and notifies.
+        for _ in 0..4 {
+            let prod = self.check_producer()?;
+            if self.unconsumed_requests()? >= needed {
+                return Ok(true);
+            }
+            self.shared
+                .store(REQ_EVENT, prod.wrapping_add(1), Ordering::Relaxed);
+            // Full barrier: the `req_event` store is ordered before re-reading `req_prod`.
+            fence(Ordering::SeqCst);
+            if self.shared.load(REQ_PROD, Ordering::Acquire) == prod {
+                return Ok(false);
+            }
+        }
+        Ok(self.unconsumed_requests()? >= needed)
+    }
+
     /// `RING_FINAL_CHECK_FOR_REQUESTS`: if no request is pending, asks for an event at the next
     /// one (`req_event = req_cons + 1`) and checks again. True means more work is waiting.
     pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {

@@ -235,3 +235,21 @@ fn backend_claiming_extra_responses_is_refused() {
         Err(RingError::ProducerOverflow { prod: 5, .. })
     ));
 }
+
+/// A consumer that needs several slots at once arms `req_event` at `req_prod + 1`, so the
+/// frontend's next push notifies it.
+#[test]
+fn waiting_for_several_requests_arms_the_next_push() {
+    let mem = HeapPages::new(1);
+    let mut front: Front = FrontRing::init(view(&mem)).unwrap();
+    let mut back: Back = BackRing::new(view(&mem)).unwrap();
+    for _ in 0..2 {
+        front.push_request(&BlkifRequest::default()).unwrap();
+    }
+    front.push_requests_and_check_notify();
+    assert!(back.requests_available_or_arm(2).unwrap());
+    assert!(!back.requests_available_or_arm(3).unwrap());
+    front.push_request(&BlkifRequest::default()).unwrap();
+    assert!(front.push_requests_and_check_notify(), "the push after arming must notify");
+    assert!(back.requests_available_or_arm(3).unwrap());
+}
