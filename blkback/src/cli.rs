@@ -6,7 +6,7 @@ use clap::Parser;
 
 use crate::backend::Backend;
 use crate::device::BackendConfig;
-use crate::platform::{Platform, SimPlatform, XenPlatform};
+use crate::platform::Platform;
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -78,23 +78,8 @@ async fn serve<P: Platform>(
     let backend = Backend::new(Arc::new(platform), xs, config);
     if let Some(path) = stats_file {
         let registry = backend.stats();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let Ok(json) = serde_json::to_vec_pretty(&crate::device::snapshot(&registry))
-                else {
-                    continue;
-                };
-                // Written aside and renamed, so a reader never sees half a file.
-                let tmp = path.with_extension("tmp");
-                if std::fs::write(&tmp, json)
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .is_err()
-                {
-                    tracing::warn!(path = %path.display(), "cannot write the stats file");
-                }
-            }
+        xen_backend::spawn_stats_writer(path, move || {
+            serde_json::to_vec_pretty(&crate::device::snapshot(&registry)).ok()
         });
     }
     backend.run().await.map_err(|e| format!("xenstore: {e}"))
@@ -102,44 +87,10 @@ async fn serve<P: Platform>(
 
 /// Runs the backend until xenstore goes away.
 pub async fn run(options: Options) -> Result<(), String> {
-    let platform = options.platform.clone().unwrap_or_else(|| {
-        if std::env::var_os(xen_sim::domain::ENV).is_some() {
-            "sim".into()
-        } else {
-            "xen".into()
-        }
-    });
     let config = options.config();
-    match platform.as_str() {
-        "sim" => {
-            let domain = xen_sim::SimDomain::from_env().map_err(|e| e.to_string())?;
-            let xs = domain.xenstore().await.map_err(|e| e.to_string())?;
-            serve(
-                SimPlatform::new(domain),
-                xs,
-                config,
-                options.stats_file.clone(),
-            )
-            .await
-        }
-        "xen" => {
-            let xs = xen_store::Xs::open().await.map_err(|e| {
-                format!("cannot reach xenstore ({e}); is this a Xen domain with xenfs mounted?")
-            })?;
-            let domid = xs
-                .read_u64("domid")
-                .await
-                .map_err(|e| e.to_string())?
-                .and_then(|d| u16::try_from(d).ok())
-                .ok_or("cannot read this domain's id from xenstore (key `domid`)")?;
-            serve(
-                XenPlatform::new(domid),
-                xs,
-                config,
-                options.stats_file.clone(),
-            )
-            .await
-        }
-        other => Err(format!("unknown platform {other:?}: use `sim` or `xen`")),
+    let stats_file = options.stats_file.clone();
+    match xen_backend::connect(options.platform.as_deref()).await? {
+        xen_backend::Connected::Sim(p, xs) => serve(p, xs, config, stats_file).await,
+        xen_backend::Connected::Xen(p, xs) => serve(p, xs, config, stats_file).await,
     }
 }

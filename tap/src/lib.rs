@@ -39,6 +39,7 @@ const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
 
 nix::ioctl_write_ptr_bad!(
     /// `TUNSETIFF`.
@@ -46,6 +47,12 @@ nix::ioctl_write_ptr_bad!(
 nix::ioctl_write_int_bad!(
     /// `TUNSETOFFLOAD`.
     tunsetoffload, 0x4004_54d0);
+nix::ioctl_write_ptr_bad!(
+    /// `TUNSETQUEUE`.
+    tunsetqueue,
+    0x4004_54d9,
+    IfReq
+);
 nix::ioctl_write_ptr_bad!(
     /// `TUNSETCARRIER`.
     tunsetcarrier, 0x4004_54e2, libc::c_int);
@@ -121,13 +128,11 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Creates (or attaches to) the TAP device `name` with `queues` queues, in `netns`.
+    /// Creates the multi-queue TAP device `name` with `queues` queues in `netns`, or attaches
+    /// `queues` more queues to it if it exists (and was created by this function).
     pub fn create(name: &str, queues: usize, netns: Option<&Path>) -> io::Result<Tap> {
         let req = IfReq::named(name)?;
-        let mut flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-        if queues > 1 {
-            flags |= IFF_MULTI_QUEUE;
-        }
+        let flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
         let (name, fds) = in_netns(netns, || {
             let mut fds = Vec::new();
             let mut name = String::new();
@@ -179,6 +184,17 @@ impl Tap {
         let arg = libc::c_int::try_from(flags).map_err(|_| io::Error::other("bad flags"))?;
         // SAFETY: TUNSETOFFLOAD takes its argument by value.
         unsafe { tunsetoffload(queue.as_raw_fd(), arg) }
+            .map(drop)
+            .map_err(io::Error::from)
+    }
+
+    /// `TUNSETQUEUE` with `IFF_DETACH_QUEUE`: the queue stays open (keeping the device alive)
+    /// but the kernel no longer hands it frames.
+    pub fn detach(queue: &TapQueue) -> io::Result<()> {
+        let mut req = IfReq::named("")?;
+        req.set_flags(IFF_DETACH_QUEUE);
+        // SAFETY: `req` is a valid ifreq that outlives the call; TUNSETQUEUE only reads it.
+        unsafe { tunsetqueue(queue.as_raw_fd(), &req) }
             .map(drop)
             .map_err(io::Error::from)
     }

@@ -102,3 +102,29 @@ fn bridged_taps_carry_frames_with_virtio_headers() {
     let shown = ns.ip(&["link", "show", "vif2.0"]);
     assert!(shown.contains("NO-CARRIER"), "{shown}");
 }
+
+#[test]
+fn a_detached_queue_keeps_the_device_and_queues_can_be_added() {
+    let ns = Netns::new("mq");
+    let path = netns_path(&ns.0);
+    let mut anchor = Tap::create("vif9.0", 1, Some(&path)).unwrap();
+    let anchor_q = anchor.take_queues();
+    Tap::detach(&anchor_q[0]).unwrap();
+    assert!(
+        anchor.link().index().is_ok(),
+        "device alive with only a detached queue"
+    );
+    let mut more = Tap::create("vif9.0", 2, Some(&path)).unwrap();
+    let qs = more.take_queues();
+    assert_eq!(qs.len(), 2);
+    drop(qs);
+    assert!(
+        anchor.link().index().is_ok(),
+        "device outlives its working queues"
+    );
+    drop(anchor_q);
+    assert!(
+        Link::new("vif9.0", Some(&path)).index().is_err(),
+        "device gone with its last queue"
+    );
+}

@@ -82,3 +82,93 @@ where
     }
     Ok(())
 }
+
+/// A platform chosen on the command line, with its xenstore connection.
+pub enum Connected {
+    /// The simulated host named by `XEN_SIM`.
+    Sim(SimPlatform, Xs),
+    /// Real Xen.
+    Xen(XenPlatform, Xs),
+}
+
+/// Opens the platform named `choice` (`sim` or `xen`; default `sim` when `XEN_SIM` is set,
+/// else `xen`) and its xenstore. Errors are sentences for people.
+pub async fn connect(choice: Option<&str>) -> Result<Connected, String> {
+    let choice = choice.map(str::to_string).unwrap_or_else(|| {
+        if std::env::var_os(xen_sim::domain::ENV).is_some() {
+            "sim".into()
+        } else {
+            "xen".into()
+        }
+    });
+    match choice.as_str() {
+        "sim" => {
+            let domain = xen_sim::SimDomain::from_env().map_err(|e| e.to_string())?;
+            let xs = domain.xenstore().await.map_err(|e| e.to_string())?;
+            Ok(Connected::Sim(SimPlatform::new(domain), xs))
+        }
+        "xen" => {
+            let xs = Xs::open().await.map_err(|e| {
+                format!("cannot reach xenstore ({e}); is this a Xen domain with xenfs mounted?")
+            })?;
+            let domid = xs
+                .read_u64("domid")
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|d| u16::try_from(d).ok())
+                .ok_or("cannot read this domain's id from xenstore (key `domid`)")?;
+            Ok(Connected::Xen(XenPlatform::new(domid), xs))
+        }
+        other => Err(format!("unknown platform {other:?}: use `sim` or `xen`")),
+    }
+}
+
+/// Writes `snapshot()` to `path` once a second (written aside and renamed, so a reader never
+/// sees half a file), for the driver domain's supervisor.
+pub fn spawn_stats_writer<F>(path: std::path::PathBuf, snapshot: F)
+where
+    F: Fn() -> Option<Vec<u8>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(bytes) = snapshot() else { continue };
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                tracing::warn!(path = %path.display(), "cannot write the stats file");
+            }
+        }
+    });
+}
+
+/// The body of a backend's `main`: logs to stderr (`RUST_LOG`, default info), runs `body` on
+/// a tokio runtime and turns an error into one line on stderr and a failing exit code.
+pub fn main_with<F>(name: &str, body: F) -> std::process::ExitCode
+where
+    F: Future<Output = Result<(), String>>,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -250,6 +250,9 @@ fn waiting_for_several_requests_arms_the_next_push() {
     assert!(back.requests_available_or_arm(2).unwrap());
     assert!(!back.requests_available_or_arm(3).unwrap());
     front.push_request(&BlkifRequest::default()).unwrap();
-    assert!(front.push_requests_and_check_notify(), "the push after arming must notify");
+    assert!(
+        front.push_requests_and_check_notify(),
+        "the push after arming must notify"
+    );
     assert!(back.requests_available_or_arm(3).unwrap());
 }

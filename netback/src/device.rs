@@ -1,0 +1,651 @@
+//! One vif's control plane: the backend half of the XenBus handshake, as Linux netback's
+//! `xenbus.c` runs it, plus the host-side work the Xen `vif-bridge` hotplug script does.
+//!
+//! Probe: read the toolstack's keys (`mac`, `bridge`, `mtu`, `rate`), create the TAP device
+//! `vif<domid>.<devid>` (kept alive by a detached anchor queue across reconnects), bridge it,
+//! write `hotplug-status` = connected, advertise the features, go to `InitWait`. When the
+//! frontend is `Initialised` or `Connected`: read and check its keys, attach one TAP queue and
+//! start one worker per ring queue (and the control ring), go to `Connected`. `Closing` /
+//! `Closed`: stop the workers (rings unmapped, ports unbound) and follow. A backend started while
+//! its vif is connected (a restart) re-attaches to the live rings. The `rate` key and the
+//! frontend's `request-multicast-control` are watched and apply live.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tap::{Tap, TapQueue};
+use xen_abi::{DomId, GrantRef, Port};
+use xen_backend::Platform;
+use xen_netif::tx::TxFeatures;
+use xen_store::{path, XenbusState, Xs};
+
+use crate::ctrl::{start_ctrl, CtrlHandle};
+use crate::queue::{start_queue, FrontFeatures, QueueHandle, QueueSpec, RxLimits};
+use crate::rate::Rate;
+use crate::shared::VifShared;
+use crate::stats::{QueueStats, VifSnapshot};
+
+/// What this backend offers every frontend, and where its host side lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetbackConfig {
+    /// `multi-queue-max-queues` (1..=8).
+    pub max_queues: u32,
+    /// `feature-gso-tcpv4` / `feature-gso-tcpv6`.
+    pub gso: bool,
+    /// `feature-ipv6-csum-offload`.
+    pub ipv6_csum: bool,
+    /// `feature-multicast-control` and `feature-dynamic-multicast-control`.
+    pub multicast_control: bool,
+    /// `feature-ctrl-ring`.
+    pub ctrl_ring: bool,
+    /// `feature-split-event-channels`.
+    pub split_event_channels: bool,
+    /// The network namespace the TAP devices and bridges live in (`None`: ours).
+    pub netns: Option<PathBuf>,
+    /// Bounds toward the guest.
+    pub rx_limits: RxLimits,
+}
+
+impl Default for NetbackConfig {
+    fn default() -> Self {
+        Self {
+            max_queues: 8,
+            gso: true,
+            ipv6_csum: true,
+            multicast_control: true,
+            ctrl_ring: true,
+            split_event_channels: true,
+            netns: None,
+            rx_limits: RxLimits::default(),
+        }
+    }
+}
+
+/// Counters of every connected vif.
+pub type StatsRegistry =
+    Arc<std::sync::Mutex<std::collections::BTreeMap<(DomId, u32), (String, Vec<Arc<QueueStats>>)>>>;
+
+/// A copy of every connected vif's counters.
+pub fn snapshot(registry: &StatsRegistry) -> Vec<VifSnapshot> {
+    registry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(&(frontend, devid), (ifname, queues))| VifSnapshot {
+            frontend,
+            devid,
+            ifname: ifname.clone(),
+            queues: queues.iter().map(|q| q.snapshot()).collect(),
+        })
+        .collect()
+}
+
+/// Parses a `mac` key ("00:16:3e:12:34:56").
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for byte in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn parse_u32(v: &[u8]) -> Option<u32> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+/// One queue's keys.
+struct QueueKeys {
+    tx_ref: GrantRef,
+    rx_ref: GrantRef,
+    tx_port: Port,
+    rx_port: Option<Port>,
+}
+
+/// A vif being served.
+pub(crate) struct Device<P: Platform> {
+    platform: Arc<P>,
+    xs: Xs,
+    config: Arc<NetbackConfig>,
+    be: String,
+    fe: String,
+    frontend: DomId,
+    devid: u32,
+    ifname: String,
+    /// Keeps the TAP device alive between connections; detached, so it is handed no frames.
+    anchor: Option<TapQueue>,
+    rate: Option<Rate>,
+    shared: Option<Arc<VifShared>>,
+    queues: Vec<QueueHandle>,
+    ctrl: Option<CtrlHandle>,
+    registry: StatsRegistry,
+    state: XenbusState,
+}
+
+impl<P: Platform> Device<P> {
+    pub(crate) fn new(
+        platform: Arc<P>,
+        xs: Xs,
+        config: Arc<NetbackConfig>,
+        registry: StatsRegistry,
+        frontend: DomId,
+        devid: u32,
+    ) -> Self {
+        let be = path::backend_path(platform.domid(), "vif", frontend, devid);
+        Self {
+            platform,
+            xs,
+            config,
+            be,
+            fe: String::new(),
+            frontend,
+            devid,
+            ifname: format!("vif{frontend}.{devid}"),
+            anchor: None,
+            rate: None,
+            shared: None,
+            queues: Vec::new(),
+            ctrl: None,
+            registry,
+            state: XenbusState::Unknown,
+        }
+    }
+
+    async fn set_state(&mut self, state: XenbusState) -> Result<(), String> {
+        self.xs
+            .write_state(&format!("{}/state", self.be), state)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.state = state;
+        tracing::info!(
+            frontend = self.frontend,
+            devid = self.devid,
+            "netback vif is {state}"
+        );
+        Ok(())
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<String>, String> {
+        let v = self.xs.read_opt(key).await.map_err(|e| e.to_string())?;
+        Ok(v.map(|v| String::from_utf8_lossy(&v).trim().to_string()))
+    }
+
+    /// `xenbus_dev_fatal`: reports the error in the backend directory and closes.
+    async fn fatal(&mut self, message: &str) {
+        tracing::warn!(
+            frontend = self.frontend,
+            devid = self.devid,
+            "netback vif failed: {message}"
+        );
+        let _ = self
+            .xs
+            .write(&format!("{}/error", self.be), message.as_bytes())
+            .await;
+        self.disconnect().await;
+        let _ = self.set_state(XenbusState::Closing).await;
+    }
+
+    /// Runs the vif until its backend directory goes away, or it is closed and offline.
+    pub(crate) async fn run(mut self) {
+        if let Err(e) = self.probe().await {
+            return self.fatal(&e).await;
+        }
+        let fe_state = format!("{}/state", self.fe);
+        let fe_mcast = format!("{}/request-multicast-control", self.fe);
+        let (Ok(mut fe_watch), Ok(mut be_watch), Ok(mut mcast_watch)) = (
+            self.xs.watch(&fe_state).await,
+            self.xs.watch(&self.be).await,
+            self.xs.watch(&fe_mcast).await,
+        ) else {
+            return self.fatal("cannot watch the vif's xenstore keys").await;
+        };
+        let mut health = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                ev = fe_watch.next() => if ev.is_none() { break },
+                ev = be_watch.next() => if ev.is_none() { break },
+                ev = mcast_watch.next() => {
+                    if ev.is_none() { break }
+                    self.refresh_multicast().await;
+                    continue;
+                }
+                _ = health.tick() => {
+                    let failed = self.queues.iter().any(QueueHandle::failed)
+                        || self.ctrl.as_ref().is_some_and(CtrlHandle::failed);
+                    if failed {
+                        self.fatal("frontend is malicious: vif disabled").await;
+                    }
+                    continue;
+                }
+            }
+            match self.step().await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => self.fatal(&e).await,
+            }
+        }
+        self.disconnect().await;
+        let _ = self.xs.rm(&format!("{}/hotplug-status", self.be)).await;
+    }
+
+    /// Reads the toolstack's keys, sets up the host side, advertises features.
+    async fn probe(&mut self) -> Result<(), String> {
+        let fe = self
+            .read(&format!("{}/frontend", self.be))
+            .await?
+            .ok_or("no frontend key")?;
+        if fe != path::frontend_path(self.frontend, "vif", self.devid) {
+            return Err(format!(
+                "frontend path {fe:?} does not belong to domain {}",
+                self.frontend
+            ));
+        }
+        self.fe = fe;
+        let mac = self.read(&format!("{}/mac", self.be)).await?;
+        let mac = mac
+            .as_deref()
+            .and_then(parse_mac)
+            .ok_or("no valid mac key (expected six hex bytes like 00:16:3e:00:00:01)")?;
+        let bridge = self.read(&format!("{}/bridge", self.be)).await?;
+        let mtu = match self.read(&format!("{}/mtu", self.be)).await? {
+            Some(m) => m
+                .parse::<u32>()
+                .ok()
+                .filter(|m| (68..=65535).contains(m))
+                .ok_or(format!("bad mtu key {m:?}"))?,
+            None => 1500,
+        };
+        self.rate = self
+            .read(&format!("{}/rate", self.be))
+            .await?
+            .and_then(|r| Rate::parse(&r));
+        let _ = mac; // validated like Linux netback; the guest uses it, the host side does not
+        self.setup_host_side(bridge.as_deref(), mtu)?;
+        self.xs
+            .write(&format!("{}/hotplug-status", self.be), b"connected")
+            .await
+            .map_err(|e| e.to_string())?;
+        let c = Arc::clone(&self.config);
+        let be = self.be.clone();
+        self.xs
+            .transaction(|tx| {
+                let (c, be) = (Arc::clone(&c), be.clone());
+                async move {
+                    let flag = |b: bool| u8::from(b).to_string();
+                    let keys: Vec<(&str, String)> = vec![
+                        ("feature-sg", "1".into()),
+                        ("feature-gso-tcpv4", flag(c.gso)),
+                        ("feature-gso-tcpv6", flag(c.gso)),
+                        ("feature-ipv6-csum-offload", flag(c.ipv6_csum)),
+                        ("feature-rx-copy", "1".into()),
+                        ("feature-rx-flip", "0".into()),
+                        ("feature-multicast-control", flag(c.multicast_control)),
+                        (
+                            "feature-dynamic-multicast-control",
+                            flag(c.multicast_control),
+                        ),
+                        ("feature-split-event-channels", flag(c.split_event_channels)),
+                        ("multi-queue-max-queues", c.max_queues.to_string()),
+                        ("feature-ctrl-ring", flag(c.ctrl_ring)),
+                    ];
+                    for (k, v) in keys {
+                        tx.write(&format!("{be}/{k}"), v.as_bytes()).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let ours = self
+            .xs
+            .read_state(&format!("{}/state", self.be))
+            .await
+            .map_err(|e| e.to_string())?;
+        let theirs = self
+            .xs
+            .read_state(&format!("{}/state", self.fe))
+            .await
+            .map_err(|e| e.to_string())?;
+        if ours == XenbusState::Connected && theirs == XenbusState::Connected {
+            tracing::info!(
+                frontend = self.frontend,
+                devid = self.devid,
+                "re-attaching to a connected frontend"
+            );
+            self.connect(true).await?;
+            self.state = XenbusState::Connected;
+            return Ok(());
+        }
+        self.set_state(XenbusState::InitWait).await
+    }
+
+    /// Creates the TAP device, names its MAC as the vif scripts do (fe:ff:ff:ff:ff:ff, so the
+    /// bridge never takes the guest's address), sets its MTU, bridges it and brings it up.
+    fn setup_host_side(&mut self, bridge: Option<&str>, mtu: u32) -> Result<(), String> {
+        let netns = self.config.netns.as_deref();
+        let mut tap = Tap::create(&self.ifname, 1, netns)
+            .map_err(|e| format!("cannot create TAP device {}: {e}", self.ifname))?;
+        let anchor = tap
+            .take_queues()
+            .pop()
+            .ok_or("TAP device without a queue")?;
+        Tap::detach(&anchor).map_err(|e| format!("cannot detach the anchor queue: {e}"))?;
+        let link = tap.link();
+        link.set_mac([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .and_then(|()| link.set_mtu(mtu))
+            .map_err(|e| format!("cannot configure {}: {e}", self.ifname))?;
+        if let Some(bridge) = bridge.filter(|b| !b.is_empty()) {
+            link.add_to_bridge(bridge)
+                .map_err(|e| format!("cannot add {} to bridge {bridge}: {e}", self.ifname))?;
+        }
+        link.set_up(true)
+            .map_err(|e| format!("cannot bring {} up: {e}", self.ifname))?;
+        self.anchor = Some(anchor);
+        Ok(())
+    }
+
+    async fn refresh_multicast(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        let on = self.config.multicast_control
+            && self
+                .read(&format!("{}/request-multicast-control", self.fe))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|v| v == "1");
+        shared
+            .mcast
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .enabled = on;
+    }
+
+    /// One watch event: re-read everything and act. `Ok(false)` ends the vif.
+    async fn step(&mut self) -> Result<bool, String> {
+        let online = self.read(&format!("{}/online", self.be)).await?;
+        if self.read(&format!("{}/state", self.be)).await?.is_none() {
+            return Ok(false); // the backend directory is gone: hot-unplugged
+        }
+        let rate = self
+            .read(&format!("{}/rate", self.be))
+            .await?
+            .and_then(|r| Rate::parse(&r));
+        if rate != self.rate {
+            self.rate = rate;
+            if let Some(shared) = &self.shared {
+                shared.set_rate(rate);
+            }
+        }
+        let online = online.is_some_and(|v| v == "1");
+        let theirs = self
+            .xs
+            .read_state(&format!("{}/state", self.fe))
+            .await
+            .map_err(|e| e.to_string())?;
+        match theirs {
+            XenbusState::Initialising | XenbusState::InitWait
+                if self.state == XenbusState::Closed && online =>
+            {
+                self.set_state(XenbusState::InitWait).await?;
+            }
+            XenbusState::Initialised | XenbusState::Connected
+                if self.state == XenbusState::InitWait =>
+            {
+                self.connect(false).await?;
+                self.set_state(XenbusState::Connected).await?;
+            }
+            XenbusState::Closing
+                if self.state != XenbusState::Closing && self.state != XenbusState::Closed =>
+            {
+                self.disconnect().await;
+                self.set_state(XenbusState::Closing).await?;
+            }
+            XenbusState::Closed | XenbusState::Unknown => {
+                if self.state != XenbusState::Closed {
+                    self.disconnect().await;
+                    self.set_state(XenbusState::Closed).await?;
+                }
+                if !online {
+                    return Ok(false);
+                }
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    async fn num(&self, key: String) -> Result<u32, String> {
+        self.xs
+            .read_opt(&key)
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|v| parse_u32(&v))
+            .ok_or(format!("missing or bad {key}"))
+    }
+
+    async fn flag(&self, key: &str) -> Result<Option<bool>, String> {
+        Ok(self
+            .read(&format!("{}/{key}", self.fe))
+            .await?
+            .map(|v| v == "1"))
+    }
+
+    async fn queue_keys(&self, dir: &str, split: bool) -> Result<QueueKeys, String> {
+        let tx_ref = self.num(format!("{dir}/tx-ring-ref")).await?;
+        let rx_ref = self.num(format!("{dir}/rx-ring-ref")).await?;
+        let has_split = self
+            .read(&format!("{dir}/event-channel-tx"))
+            .await?
+            .is_some();
+        let (tx_port, rx_port) = if split && has_split {
+            (
+                self.num(format!("{dir}/event-channel-tx")).await?,
+                Some(self.num(format!("{dir}/event-channel-rx")).await?),
+            )
+        } else {
+            (self.num(format!("{dir}/event-channel")).await?, None)
+        };
+        if tx_ref == rx_ref {
+            return Err("tx-ring-ref and rx-ring-ref are the same grant".into());
+        }
+        Ok(QueueKeys {
+            tx_ref,
+            rx_ref,
+            tx_port,
+            rx_port,
+        })
+    }
+
+    /// Reads and checks the frontend's keys and starts the queues.
+    async fn connect(&mut self, reattach: bool) -> Result<(), String> {
+        let queues = match self
+            .read(&format!("{}/multi-queue-num-queues", self.fe))
+            .await?
+        {
+            None => 1,
+            Some(v) => v.parse::<u32>().map_err(|_| "bad multi-queue-num-queues")?,
+        };
+        if queues == 0 || queues > self.config.max_queues {
+            return Err(format!(
+                "frontend asked for {queues} queues; the maximum is {}",
+                self.config.max_queues
+            ));
+        }
+        if self.flag("request-rx-copy").await? != Some(true) {
+            return Err("frontend does not support rx-copy (request-rx-copy)".into());
+        }
+        if self.flag("feature-rx-notify").await? != Some(true) {
+            return Err("feature-rx-notify is mandatory".into());
+        }
+        let front = FrontFeatures {
+            sg: self.flag("feature-sg").await?.unwrap_or(false),
+            gso_tcpv4: self.flag("feature-gso-tcpv4").await?.unwrap_or(false),
+            gso_tcpv6: self.flag("feature-gso-tcpv6").await?.unwrap_or(false),
+            csum: !self.flag("feature-no-csum-offload").await?.unwrap_or(false),
+            ipv6_csum: self
+                .flag("feature-ipv6-csum-offload")
+                .await?
+                .unwrap_or(false),
+        };
+        let mcast = self.config.multicast_control
+            && self
+                .flag("request-multicast-control")
+                .await?
+                .unwrap_or(false);
+        let mut keys = Vec::new();
+        for q in 0..queues {
+            let dir = if queues == 1 {
+                self.fe.clone()
+            } else {
+                format!("{}/queue-{q}", self.fe)
+            };
+            keys.push(
+                self.queue_keys(&dir, self.config.split_event_channels)
+                    .await?,
+            );
+        }
+        let ctrl_keys = if self.config.ctrl_ring {
+            match self.read(&format!("{}/ctrl-ring-ref", self.fe)).await? {
+                Some(_) => Some((
+                    self.num(format!("{}/ctrl-ring-ref", self.fe)).await?,
+                    self.num(format!("{}/event-channel-ctrl", self.fe)).await?,
+                )),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let netns = self.config.netns.as_deref();
+        let mut taps = Tap::create(&self.ifname, queues as usize, netns)
+            .map_err(|e| format!("cannot attach TAP queues to {}: {e}", self.ifname))?
+            .take_queues();
+        if let Some(first) = taps.first() {
+            Tap::set_offload(first, front.tap_offloads())
+                .map_err(|e| format!("cannot set offloads on {}: {e}", self.ifname))?;
+        }
+        let shared = Arc::new(VifShared::new(queues, mcast, self.rate).map_err(|e| e.to_string())?);
+        let grants = self.platform.grants().map_err(|e| e.to_string())?;
+        let advertised = TxFeatures {
+            gso_tcpv4: self.config.gso,
+            gso_tcpv6: self.config.gso,
+        };
+        let mut all_stats = Vec::new();
+        for (q, (k, tap)) in keys.into_iter().zip(taps.drain(..)).enumerate() {
+            let spec = QueueSpec {
+                frontend: self.frontend,
+                index: q as u32,
+                tx_ring_ref: k.tx_ref,
+                rx_ring_ref: k.rx_ref,
+                tx_port: k.tx_port,
+                rx_port: k.rx_port,
+                front,
+                advertised,
+                limits: self.config.rx_limits,
+                name: format!("netback-d{}-{}-q{q}", self.frontend, self.devid),
+                reattach,
+            };
+            let evtchn = self.platform.evtchn().map_err(|e| e.to_string())?;
+            let stats = Arc::new(QueueStats::default());
+            let started = start_queue(
+                spec,
+                Arc::clone(&grants),
+                evtchn,
+                tap,
+                Arc::clone(&shared),
+                Arc::clone(&stats),
+            );
+            match started {
+                Ok(h) => {
+                    self.queues.push(h);
+                    all_stats.push(stats);
+                }
+                Err(e) => {
+                    self.disconnect().await;
+                    return Err(format!("queue {q}: {e}"));
+                }
+            }
+        }
+        if let Some((ring_ref, port)) = ctrl_keys {
+            let evtchn = self.platform.evtchn().map_err(|e| e.to_string())?;
+            match start_ctrl(
+                self.frontend,
+                ring_ref,
+                port,
+                reattach,
+                Arc::clone(&grants),
+                evtchn,
+                Arc::clone(&shared),
+                format!("netback-d{}-{}-ctrl", self.frontend, self.devid),
+            ) {
+                Ok(h) => self.ctrl = Some(h),
+                Err(e) => {
+                    self.disconnect().await;
+                    return Err(format!("control ring: {e}"));
+                }
+            }
+        }
+        self.shared = Some(shared);
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                (self.frontend, self.devid),
+                (self.ifname.clone(), all_stats),
+            );
+        tracing::info!(
+            frontend = self.frontend,
+            devid = self.devid,
+            queues,
+            ?front,
+            ctrl = self.ctrl.is_some(),
+            "netback connected"
+        );
+        Ok(())
+    }
+
+    /// Stops every queue and the control ring, unmapping and unbinding everything.
+    async fn disconnect(&mut self) {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(self.frontend, self.devid));
+        self.shared = None;
+        let queues = std::mem::take(&mut self.queues);
+        let ctrl = self.ctrl.take();
+        if queues.is_empty() && ctrl.is_none() {
+            return;
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            queues.into_iter().for_each(QueueHandle::stop);
+            drop(ctrl);
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mac;
+
+    #[test]
+    fn mac_keys() {
+        assert_eq!(
+            parse_mac("00:16:3e:0a:ff:01"),
+            Some([0, 0x16, 0x3e, 0x0a, 0xff, 0x01])
+        );
+        for bad in [
+            "",
+            "00:16:3e:0a:ff",
+            "00:16:3e:0a:ff:01:02",
+            "0:16:3e:0a:ff:01",
+            "zz:16:3e:0a:ff:01",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+}

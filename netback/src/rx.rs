@@ -1,0 +1,348 @@
+//! The receive side of a queue (host to guest): read frames from the TAP queue into a bounded
+//! queue (filtering multicast, steering by the guest's hash mapping, finishing checksums the
+//! guest cannot take), and deliver each frame when the guest has posted enough buffers for it:
+//! grant-copy the data into those buffers in batches and answer each consumed request in its
+//! own slot. A guest that posts nothing for the stall timeout gets its queue dropped and the
+//! carrier lowered until it posts again; frames older than the drain timeout are dropped.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use xen_abi::grant_table::status::OKAY;
+use xen_abi::netif::{NetifRxRequest, NETIF_RSP_ERROR, NETRXF_CSUM_BLANK, NETRXF_DATA_VALIDATED};
+use xen_evtchn::EventChannel;
+use xen_grant::{CopyOp, GrantMapper, GrantPtr};
+use xen_netif::csum::{complete_partial, locate_l4, Partial, IPPROTO_UDP, L3};
+use xen_netif::rx::{layout, response, slots_needed, RxMeta, RxSlot};
+use xen_netif::tx::GsoKind;
+use xen_netif::vnet::{HostGso, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM, VNET_HDR_LEN};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::queue::{Fatal, Worker};
+use crate::shared::RxFrame;
+use crate::stats::{add, bump, set};
+
+/// Frames read from the TAP queue per wake-up.
+const RX_READ_BUDGET: usize = 128;
+/// Frames delivered per grant-copy call.
+const RX_BATCH: usize = 64;
+
+fn header(buf: &[u8]) -> VirtioNetHdr {
+    VirtioNetHdr::read_from_prefix(buf)
+        .map(|(h, _)| h)
+        .unwrap_or_default()
+}
+
+impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
+    /// Reads waiting frames from the TAP queue.
+    pub(crate) fn rx_read_tap(&mut self, now: Instant) {
+        for _ in 0..RX_READ_BUDGET {
+            match self.tap.read(&mut self.read_buf) {
+                Ok(n) if n > VNET_HDR_LEN + xen_netif::ETH_HLEN => {
+                    let buf = self.read_buf.get(..n).unwrap_or_default().to_vec();
+                    self.rx_admit(buf, now);
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(queue = self.spec.index, "TAP read failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Takes frames other queues steered here.
+    pub(crate) fn rx_take_inbox(&mut self, now: Instant) {
+        let index = self.spec.index as usize;
+        let frames = match self.shared.inboxes.get(index) {
+            Some(inbox) => inbox.drain(),
+            None => return,
+        };
+        for f in frames {
+            self.rx_enqueue(f, now);
+        }
+    }
+
+    /// Filters, fixes up and steers one frame read from the TAP device.
+    fn rx_admit(&mut self, mut buf: Vec<u8>, now: Instant) {
+        let frame = buf.get(VNET_HDR_LEN..).unwrap_or_default();
+        if !self.shared.mcast_passes(frame.get(..6).unwrap_or_default()) {
+            bump(&self.stats.rx_drop_mcast);
+            return;
+        }
+        let mut hdr = header(&buf);
+        if hdr.flags & F_NEEDS_CSUM != 0 && !self.guest_takes_partial(frame) {
+            if hdr.gso() != HostGso::None {
+                bump(&self.stats.rx_drop_unfit);
+                return;
+            }
+            let partial = Partial {
+                start: usize::from(hdr.csum_start),
+                offset: usize::from(hdr.csum_offset),
+            };
+            let udp = locate_l4(frame).is_some_and(|l4| l4.proto == IPPROTO_UDP);
+            let Some(frame) = buf.get_mut(VNET_HDR_LEN..) else {
+                return;
+            };
+            if !complete_partial(frame, partial, udp) {
+                bump(&self.stats.rx_drop_unfit);
+                return;
+            }
+            hdr.flags = F_DATA_VALID;
+            if let Some(h) = buf.get_mut(..VNET_HDR_LEN) {
+                h.copy_from_slice(hdr.as_bytes());
+            }
+        }
+        let queues = self.shared.queues();
+        if queues > 1 {
+            let frame = buf.get(VNET_HDR_LEN..).unwrap_or_default();
+            let target = {
+                let hash = self
+                    .shared
+                    .hash
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                hash.hash(frame).map(|h| hash.queue_of(h.value, queues))
+            };
+            if let Some(q) = target.filter(|&q| q != self.spec.index) {
+                let frame = RxFrame {
+                    buf,
+                    queued_at: now,
+                };
+                if let Some(inbox) = self.shared.inboxes.get(q as usize) {
+                    if inbox.push(frame).is_err() {
+                        bump(&self.stats.rx_drop_queue_full);
+                    }
+                }
+                return;
+            }
+        }
+        self.rx_enqueue(
+            RxFrame {
+                buf,
+                queued_at: now,
+            },
+            now,
+        );
+    }
+
+    /// Whether the guest accepts a blank checksum on this frame.
+    fn guest_takes_partial(&self, frame: &[u8]) -> bool {
+        match locate_l4(frame).map(|l4| l4.l3) {
+            Some(L3::V6(..)) => self.spec.front.ipv6_csum,
+            _ => self.spec.front.csum,
+        }
+    }
+
+    fn rx_enqueue(&mut self, frame: RxFrame, now: Instant) {
+        if self.stalled {
+            bump(&self.stats.rx_drop_stalled);
+            return;
+        }
+        if self.rx_queue.is_empty() {
+            // Nothing was waiting: the guest has not been keeping anything back.
+            self.last_rx_progress = now;
+        }
+        if self.rx_queue_bytes + frame.buf.len() > self.spec.limits.queue_bytes {
+            bump(&self.stats.rx_drop_queue_full);
+            return;
+        }
+        self.rx_queue_bytes += frame.buf.len();
+        self.rx_queue.push_back(frame);
+        set(&self.stats.rx_queue_len, self.rx_queue.len() as u64);
+    }
+
+    fn rx_pop(&mut self) -> Option<RxFrame> {
+        let f = self.rx_queue.pop_front()?;
+        self.rx_queue_bytes = self.rx_queue_bytes.saturating_sub(f.buf.len());
+        set(&self.stats.rx_queue_len, self.rx_queue.len() as u64);
+        Some(f)
+    }
+
+    /// What the guest is told about a frame, or `None` if it cannot take it.
+    fn rx_meta(&self, frame: &RxFrame) -> Option<RxMeta> {
+        let hdr = header(&frame.buf);
+        let data = frame.buf.get(VNET_HDR_LEN..)?;
+        let front = self.spec.front;
+        let gso = match hdr.gso() {
+            HostGso::None => None,
+            HostGso::Tcp(g) => {
+                let ok = match g.kind {
+                    GsoKind::TcpV4 => front.gso_tcpv4,
+                    GsoKind::TcpV6 => front.gso_tcpv6,
+                };
+                if !ok {
+                    return None;
+                }
+                Some(g)
+            }
+            HostGso::Unsupported => return None,
+        };
+        let csum_flags = hdr.rx_flags() & (NETRXF_CSUM_BLANK | NETRXF_DATA_VALIDATED);
+        let hash = self
+            .shared
+            .hash
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .hash(data);
+        Some(RxMeta {
+            csum_flags,
+            gso,
+            hash,
+        })
+    }
+
+    fn rx_stall_check(&mut self, now: Instant) {
+        if !self.stalled
+            && !self.rx_queue.is_empty()
+            && now.saturating_duration_since(self.last_rx_progress)
+                >= self.spec.limits.stall_timeout
+        {
+            self.stalled = true;
+            bump(&self.stats.rx_stalls);
+            while self.rx_pop().is_some() {
+                bump(&self.stats.rx_drop_stalled);
+            }
+            if self.shared.stalled_queues.fetch_add(1, Ordering::AcqRel) == 0 {
+                let _ = tap::Tap::set_carrier(&self.tap, false);
+            }
+            tracing::info!(
+                frontend = self.spec.frontend,
+                queue = self.spec.index,
+                "guest RX ring stalled: dropping its traffic until it posts buffers"
+            );
+        }
+    }
+
+    fn rx_unstall(&mut self) {
+        if self.stalled {
+            self.stalled = false;
+            if self.shared.stalled_queues.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let _ = tap::Tap::set_carrier(&self.tap, true);
+            }
+            tracing::info!(
+                frontend = self.spec.frontend,
+                queue = self.spec.index,
+                "guest RX ring resumed"
+            );
+        }
+    }
+
+    /// Delivers waiting frames the guest has buffers for.
+    pub(crate) fn rx_deliver(&mut self, now: Instant) -> Result<(), Fatal> {
+        if self.stalled {
+            if self.rx.unconsumed_requests()? > 0 {
+                self.rx_unstall();
+                self.last_rx_progress = now;
+            } else {
+                return Ok(());
+            }
+        }
+        while self.rx_queue.front().is_some_and(|f| {
+            now.saturating_duration_since(f.queued_at) > self.spec.limits.drain_timeout
+        }) {
+            self.rx_pop();
+            bump(&self.stats.rx_drop_expired);
+        }
+        loop {
+            let mut batch: Vec<(RxFrame, Vec<RxSlot>, Vec<NetifRxRequest>)> = Vec::new();
+            while batch.len() < RX_BATCH {
+                let Some(frame) = self.rx_queue.front() else {
+                    break;
+                };
+                let len = frame.buf.len().saturating_sub(VNET_HDR_LEN);
+                let meta = self.rx_meta(frame);
+                let needed = meta.map(|m| slots_needed(len, &m));
+                let data_slots = len.div_ceil(xen_abi::PAGE_SIZE);
+                let (Some(meta), Some(needed)) = (meta, needed) else {
+                    self.rx_pop();
+                    bump(&self.stats.rx_drop_unfit);
+                    continue;
+                };
+                if needed as u32 > self.rx.size() || (data_slots > 1 && !self.spec.front.sg) {
+                    self.rx_pop();
+                    bump(&self.stats.rx_drop_unfit);
+                    continue;
+                }
+                if !self.rx.requests_available_or_arm(needed as u32)? {
+                    break;
+                }
+                self.rx.begin_pass(needed as u32)?;
+                let requests: Vec<NetifRxRequest> =
+                    std::iter::from_fn(|| self.rx.pop_request()).collect();
+                let Some(frame) = self.rx_pop() else {
+                    break;
+                };
+                let slots = layout(len, &meta);
+                batch.push((frame, slots, requests));
+            }
+            set(
+                &self.stats.rx_ring_posted,
+                u64::from(self.rx.unconsumed_requests()?),
+            );
+            if batch.is_empty() {
+                self.rx_stall_check(now);
+                return Ok(());
+            }
+            self.last_rx_progress = now;
+            self.rx_copy_and_answer(&batch)?;
+            if self.rx.push_responses_and_check_notify() {
+                self.notify(self.local_rx);
+            }
+        }
+    }
+
+    fn rx_copy_and_answer(
+        &mut self,
+        batch: &[(RxFrame, Vec<RxSlot>, Vec<NetifRxRequest>)],
+    ) -> Result<(), Fatal> {
+        let frontend = self.spec.frontend;
+        let mut ops = Vec::new();
+        for (frame, slots, requests) in batch {
+            let data = frame.buf.get(VNET_HDR_LEN..).unwrap_or_default();
+            for (slot, req) in slots.iter().zip(requests) {
+                if let RxSlot::Data { from, len, .. } = *slot {
+                    ops.push(CopyOp::ToGrant {
+                        src: data.get(from..from + len).unwrap_or_default(),
+                        dst: GrantPtr {
+                            domid: frontend,
+                            gref: req.gref,
+                            offset: 0,
+                        },
+                    });
+                }
+            }
+        }
+        let mut status = vec![OKAY; ops.len()];
+        if self.grants.copy(&mut ops, &mut status).is_err() {
+            status.iter_mut().for_each(|s| *s = -1);
+        }
+        drop(ops);
+        let mut statuses = status.into_iter();
+        for (frame, slots, requests) in batch {
+            let mut failed = false;
+            for (slot, req) in slots.iter().zip(requests) {
+                let mut rsp = response(req.id, slot);
+                if matches!(slot, RxSlot::Data { .. }) && statuses.next() != Some(OKAY) {
+                    rsp.status = NETIF_RSP_ERROR;
+                    failed = true;
+                }
+                self.rx.push_response(&rsp)?;
+            }
+            if failed {
+                bump(&self.stats.rx_copy_errors);
+            } else {
+                if slots.iter().any(|s| matches!(s, RxSlot::Extra(e) if e.type_ == xen_abi::netif::XEN_NETIF_EXTRA_TYPE_GSO)) {
+                    bump(&self.stats.rx_gso_packets);
+                }
+                bump(&self.stats.rx_packets);
+                add(
+                    &self.stats.rx_bytes,
+                    frame.buf.len().saturating_sub(VNET_HDR_LEN) as u64,
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,419 @@
+//! One frontend queue: a thread that moves frames between the guest's TAP queue and the
+//! shared TX/RX rings, as Linux netfront does (a granted page per slot; RX buffers found by
+//! ring position; extra-info slots for GSO).
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use tap::TapQueue;
+use xen_abi::netif::{
+    NetifExtraGso, NetifExtraInfo, NetifRxRequest, NetifRxResponse, NetifTxRequest,
+    NetifTxResponse, NETIF_RSP_NULL, NETRXF_CSUM_BLANK, NETRXF_DATA_VALIDATED, NETRXF_EXTRA_INFO,
+    NETRXF_MORE_DATA, NETTXF_CSUM_BLANK, NETTXF_DATA_VALIDATED, NETTXF_EXTRA_INFO,
+    NETTXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6,
+};
+use xen_abi::{Port, PAGE_SIZE};
+use xen_evtchn::EventChannel;
+use xen_grant::GrantedPages;
+use xen_netif::csum::setup_partial;
+use xen_netif::vnet::{
+    VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN,
+};
+use xen_ring::{FrontRing, SharedMemory};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Slots of a one-page TX or RX ring.
+pub const RING_SLOTS: usize = 256;
+
+/// What was negotiated for the data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Send and receive packets over several slots.
+    pub sg: bool,
+    /// Send GSO packets (the backend advertised it and we asked for it).
+    pub gso_tx: bool,
+}
+
+/// The pages and ports of one queue.
+pub struct QueueParts<P: GrantedPages, E: EventChannel> {
+    /// TX ring.
+    pub tx_ring: FrontRing<P, NetifTxRequest, NetifTxResponse>,
+    /// RX ring.
+    pub rx_ring: FrontRing<P, NetifRxRequest, NetifRxResponse>,
+    /// One TX buffer page per ring slot.
+    pub tx_pool: P,
+    /// One RX buffer page per ring slot.
+    pub rx_pool: P,
+    /// Event channel handle.
+    pub evtchn: E,
+    /// Our TX port.
+    pub tx_port: Port,
+    /// Our RX port (the same as `tx_port` without split channels).
+    pub rx_port: Port,
+}
+
+fn page_ptr(pool: &impl SharedMemory, index: usize) -> Option<*mut u8> {
+    let offset = index.checked_mul(PAGE_SIZE)?;
+    (offset + PAGE_SIZE <= pool.len()).then(|| pool.as_ptr().wrapping_add(offset))
+}
+
+fn write_page(pool: &impl SharedMemory, index: usize, data: &[u8]) {
+    if let Some(p) = page_ptr(pool, index) {
+        // SAFETY: `p` starts a whole page inside the granted region (checked above) and at most
+        // a page is written.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len().min(PAGE_SIZE)) };
+    }
+}
+
+fn read_page(pool: &impl SharedMemory, index: usize, offset: usize, len: usize) -> Option<Vec<u8>> {
+    if offset + len > PAGE_SIZE {
+        return None;
+    }
+    let p = page_ptr(pool, index)?;
+    let mut out = vec![0u8; len];
+    // SAFETY: `offset + len <= PAGE_SIZE` within a page of the granted region.
+    unsafe { std::ptr::copy_nonoverlapping(p.wrapping_add(offset), out.as_mut_ptr(), len) };
+    Some(out)
+}
+
+/// A received packet being assembled from its slots.
+struct RxPartial {
+    frame: Vec<u8>,
+    hdr: VirtioNetHdr,
+    extras_pending: bool,
+    more_data: bool,
+    bad: bool,
+}
+
+struct Queue<P: GrantedPages, E: EventChannel> {
+    parts: QueueParts<P, E>,
+    tap: TapQueue,
+    negotiated: Negotiated,
+    tx_free: Vec<u16>,
+    tx_pending: Option<Vec<u8>>,
+    rx_req_prod: u32,
+    rx_cons: u32,
+    rx_partial: Option<RxPartial>,
+    read_buf: Vec<u8>,
+}
+
+/// Runs a queue until `stop` is readable.
+pub(crate) fn run_queue<P, E>(
+    parts: QueueParts<P, E>,
+    tap: TapQueue,
+    negotiated: Negotiated,
+    stop: Arc<OwnedFd>,
+) where
+    P: GrantedPages,
+    E: EventChannel,
+{
+    let mut q = Queue {
+        parts,
+        tap,
+        negotiated,
+        tx_free: (0..RING_SLOTS as u16).rev().collect(),
+        tx_pending: None,
+        rx_req_prod: 0,
+        rx_cons: 0,
+        rx_partial: None,
+        read_buf: vec![0u8; VNET_HDR_LEN + 65536],
+    };
+    let Ok(epoll) = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) else {
+        return;
+    };
+    for (fd, token) in [
+        (q.parts.evtchn.readiness_fd(), 0u64),
+        (q.tap.as_raw_fd(), 1),
+        (stop.as_raw_fd(), 2),
+    ] {
+        // SAFETY: the descriptors belong to `q` and `stop`, which outlive `epoll`.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .is_err()
+        {
+            return;
+        }
+    }
+    q.post_rx();
+    let mut events = [EpollEvent::empty(); 3];
+    loop {
+        let wait = if q.tx_pending.is_some() {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(500)
+        };
+        let n = match epoll.wait(
+            &mut events,
+            EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::ZERO),
+        ) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        };
+        if events.iter().take(n).any(|e| e.data() == 2) {
+            break;
+        }
+        let mut fired = Vec::new();
+        while let Ok(Some(p)) = q.parts.evtchn.pending() {
+            fired.push(p);
+            if fired.len() > 2 {
+                break;
+            }
+        }
+        if q.tx_complete().is_err() || q.rx_receive().is_err() {
+            tracing::warn!("netfront: the backend corrupted a ring; queue stopped");
+            break;
+        }
+        q.tx_send();
+        for p in fired {
+            let _ = q.parts.evtchn.unmask(p);
+        }
+    }
+    let _ = q.parts.evtchn.unbind(q.parts.tx_port);
+    if q.parts.rx_port != q.parts.tx_port {
+        let _ = q.parts.evtchn.unbind(q.parts.rx_port);
+    }
+}
+
+impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
+    fn post_rx(&mut self) {
+        let mut pushed = false;
+        while self.parts.rx_ring.free_requests() > 0 {
+            let index = (self.rx_req_prod as usize) % RING_SLOTS;
+            let Some(&gref) = self.parts.rx_pool.refs().get(index) else {
+                break;
+            };
+            let req = NetifRxRequest {
+                id: index as u16,
+                _pad: 0,
+                gref,
+            };
+            if self.parts.rx_ring.push_request(&req).is_err() {
+                break;
+            }
+            self.rx_req_prod = self.rx_req_prod.wrapping_add(1);
+            pushed = true;
+        }
+        if pushed && self.parts.rx_ring.push_requests_and_check_notify() {
+            let _ = self.parts.evtchn.notify(self.parts.rx_port);
+        }
+    }
+
+    fn tx_complete(&mut self) -> Result<(), xen_ring::RingError> {
+        loop {
+            while let Some(rsp) = self.parts.tx_ring.pop_response()? {
+                if rsp.status == NETIF_RSP_NULL {
+                    continue;
+                }
+                if usize::from(rsp.id) < RING_SLOTS && !self.tx_free.contains(&rsp.id) {
+                    self.tx_free.push(rsp.id);
+                }
+            }
+            if !self.parts.tx_ring.final_check_for_responses()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends frames from the TAP device while buffers and slots last.
+    fn tx_send(&mut self) {
+        let mut pushed = false;
+        for _ in 0..RING_SLOTS {
+            if self.tx_pending.is_none() {
+                match self.tap.read(&mut self.read_buf) {
+                    Ok(n) if n > VNET_HDR_LEN => {
+                        self.tx_pending = self.read_buf.get(..n).map(<[u8]>::to_vec);
+                    }
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+            let Some(buf) = self.tx_pending.take() else {
+                break;
+            };
+            match self.tx_one(&buf) {
+                Some(true) => pushed = true,
+                Some(false) => {}
+                None => {
+                    self.tx_pending = Some(buf); // no room yet
+                    break;
+                }
+            }
+        }
+        if pushed && self.parts.tx_ring.push_requests_and_check_notify() {
+            let _ = self.parts.evtchn.notify(self.parts.tx_port);
+        }
+    }
+
+    /// Queues one frame: `None` if there is no room now, `Some(false)` if it was dropped.
+    fn tx_one(&mut self, buf: &[u8]) -> Option<bool> {
+        let hdr = VirtioNetHdr::read_from_prefix(buf)
+            .map(|(h, _)| h)
+            .unwrap_or_default();
+        let frame = buf.get(VNET_HDR_LEN..).unwrap_or_default();
+        let chunks: Vec<&[u8]> = frame.chunks(PAGE_SIZE).collect();
+        let gso = match hdr.gso_type & !xen_netif::vnet::GSO_ECN {
+            GSO_NONE => None,
+            GSO_TCPV4 if self.negotiated.gso_tx => Some(XEN_NETIF_GSO_TYPE_TCPV4),
+            GSO_TCPV6 if self.negotiated.gso_tx => Some(XEN_NETIF_GSO_TYPE_TCPV6),
+            _ => return Some(false),
+        };
+        if frame.len() > xen_abi::netif::XEN_NETIF_MAX_TX_SIZE
+            || (chunks.len() > 1 && !self.negotiated.sg)
+        {
+            return Some(false);
+        }
+        let slots = chunks.len() + usize::from(gso.is_some());
+        if self.tx_free.len() < chunks.len()
+            || (self.parts.tx_ring.free_requests() as usize) < slots
+        {
+            return None;
+        }
+        let mut flags = 0;
+        if hdr.flags & F_NEEDS_CSUM != 0 {
+            flags |= NETTXF_CSUM_BLANK | NETTXF_DATA_VALIDATED;
+        } else if hdr.flags & F_DATA_VALID != 0 {
+            flags |= NETTXF_DATA_VALIDATED;
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            let id = self.tx_free.pop()?;
+            write_page(&self.parts.tx_pool, usize::from(id), chunk);
+            let gref = *self.parts.tx_pool.refs().get(usize::from(id))?;
+            let mut f = if i == 0 { flags } else { 0 };
+            if i + 1 < chunks.len() {
+                f |= NETTXF_MORE_DATA;
+            }
+            if i == 0 && gso.is_some() {
+                f |= NETTXF_EXTRA_INFO;
+            }
+            let size = if i == 0 { frame.len() } else { chunk.len() };
+            let req = NetifTxRequest {
+                gref,
+                offset: 0,
+                flags: f,
+                id,
+                size: size as u16,
+            };
+            self.parts.tx_ring.push_request(&req).ok()?;
+            if let (0, Some(t)) = (i, gso) {
+                let g = NetifExtraGso {
+                    size: hdr.gso_size,
+                    type_: t,
+                    pad: 0,
+                    features: 0,
+                };
+                let mut u = [0u8; 6];
+                u.copy_from_slice(g.as_bytes());
+                let extra = NetifExtraInfo {
+                    type_: XEN_NETIF_EXTRA_TYPE_GSO,
+                    flags: 0,
+                    u,
+                };
+                let mut slot = NetifTxRequest::default();
+                for (d, s) in slot.as_mut_bytes().iter_mut().zip(extra.as_bytes()) {
+                    *d = *s;
+                }
+                self.parts.tx_ring.push_request(&slot).ok()?;
+            }
+        }
+        Some(true)
+    }
+
+    /// Takes received packets off the RX ring and writes them to the TAP device.
+    fn rx_receive(&mut self) -> Result<(), xen_ring::RingError> {
+        let mut consumed = false;
+        loop {
+            while let Some(rsp) = self.parts.rx_ring.pop_response()? {
+                let index = (self.rx_cons as usize) % RING_SLOTS;
+                self.rx_cons = self.rx_cons.wrapping_add(1);
+                consumed = true;
+                self.rx_slot(index, rsp);
+            }
+            if !self.parts.rx_ring.final_check_for_responses()? {
+                break;
+            }
+        }
+        if consumed {
+            self.post_rx();
+        }
+        Ok(())
+    }
+
+    fn rx_slot(&mut self, index: usize, rsp: NetifRxResponse) {
+        if let Some(p) = self.rx_partial.as_mut().filter(|p| p.extras_pending) {
+            let extra = NetifExtraInfo::read_from_bytes(rsp.as_bytes()).unwrap_or_default();
+            if extra.type_ == XEN_NETIF_EXTRA_TYPE_GSO {
+                let g = NetifExtraGso::read_from_bytes(&extra.u).unwrap_or_default();
+                p.hdr.gso_size = g.size;
+                p.hdr.gso_type = if g.type_ == XEN_NETIF_GSO_TYPE_TCPV6 {
+                    GSO_TCPV6
+                } else {
+                    GSO_TCPV4
+                };
+            }
+            p.extras_pending = extra.flags & XEN_NETIF_EXTRA_FLAG_MORE != 0;
+        } else {
+            let data = usize::try_from(rsp.status).ok().and_then(|len| {
+                read_page(&self.parts.rx_pool, index, usize::from(rsp.offset), len)
+            });
+            let p = self.rx_partial.get_or_insert_with(|| {
+                let mut hdr = VirtioNetHdr::default();
+                if rsp.flags & NETRXF_CSUM_BLANK != 0 {
+                    hdr.flags = F_NEEDS_CSUM;
+                } else if rsp.flags & NETRXF_DATA_VALIDATED != 0 {
+                    hdr.flags = F_DATA_VALID;
+                }
+                RxPartial {
+                    frame: Vec::new(),
+                    hdr,
+                    extras_pending: rsp.flags & NETRXF_EXTRA_INFO != 0,
+                    more_data: true,
+                    bad: false,
+                }
+            });
+            match data {
+                Some(d) => p.frame.extend_from_slice(&d),
+                None => p.bad = true,
+            }
+            p.more_data = rsp.flags & NETRXF_MORE_DATA != 0;
+        }
+        if self
+            .rx_partial
+            .as_ref()
+            .is_some_and(|p| !p.extras_pending && !p.more_data)
+        {
+            if let Some(mut p) = self.rx_partial.take() {
+                if !p.bad {
+                    self.rx_deliver(&mut p.frame, &mut p.hdr);
+                }
+            }
+        }
+    }
+
+    fn rx_deliver(&mut self, frame: &mut [u8], hdr: &mut VirtioNetHdr) {
+        if hdr.flags & F_NEEDS_CSUM != 0 || hdr.gso_type != GSO_NONE {
+            match setup_partial(frame) {
+                Some(p) => {
+                    hdr.flags = F_NEEDS_CSUM;
+                    hdr.csum_start = p.start as u16;
+                    hdr.csum_offset = p.offset as u16;
+                    if hdr.gso_type != GSO_NONE {
+                        let doff = frame
+                            .get(p.start + 12)
+                            .map_or(20, |b| usize::from(b >> 4) * 4);
+                        hdr.hdr_len = (p.start + doff) as u16;
+                    }
+                }
+                None => return,
+            }
+        }
+        let _ = self.tap.write(&[
+            std::io::IoSlice::new(hdr.as_bytes()),
+            std::io::IoSlice::new(frame),
+        ]);
+    }
+}
