@@ -2,7 +2,7 @@
 //!
 //! - [`backend`]: watches the driver domain's `backend/vif` directory; one task per vif.
 //! - [`device`]: the XenBus handshake of one vif and its host side (TAP, bridge, hotplug).
-//! - [`queue`]: one thread per queue moving packets by grant copy ([`tx`] and [`rx`] sides).
+//! - [`queue`]: one thread per queue moving packets by grant copy (`tx` and `rx` sides).
 //! - [`ctrl`]: the control ring (hash key, types and mapping).
 //! - [`shared`]: what a vif's queues share (hash, multicast filter, rate, steering inboxes).
 //! - [`rate`]: the credit scheduler behind the `rate` key.

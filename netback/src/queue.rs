@@ -2,9 +2,9 @@
 //! TAP queue, and moves packets both ways by grant copy.
 //!
 //! The loop: wait (epoll) for an event, a frame on the TAP queue, a frame steered here by
-//! another queue, a timer or a stop request; run the TX side (guest to host, [`crate::tx`])
+//! another queue, a timer or a stop request; run the TX side (guest to host, `tx.rs`)
 //! within a per-pass budget; read frames from the TAP device into a bounded queue and deliver
-//! what the guest has buffers for ([`crate::rx`]); only then unmask the fired ports, so an
+//! what the guest has buffers for (`rx.rs`); only then unmask the fired ports, so an
 //! event storm costs at most one pass per wake-up. A malicious ring (bogus producer index,
 //! fatal TX chain) disables this vif: the queue stops and reports failure to the control plane.
 
