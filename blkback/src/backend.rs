@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use xen_backend::XenbusDevice;
 use xen_store::{path, Xs};
 
 use crate::device::{BackendConfig, Device, StatsRegistry};
@@ -36,15 +37,26 @@ impl<P: Platform> Backend<P> {
     pub async fn run(&self) -> xen_store::Result<()> {
         let root = path::backend_root(self.platform.domid(), &self.config.kind);
         xen_backend::serve_devices(&self.xs, &root, |frontend, devid| {
-            Device::new(
-                Arc::clone(&self.platform),
+            let dev = XenbusDevice::new(
                 self.xs.clone(),
+                path::backend_path(self.platform.domid(), &self.config.kind, frontend, devid),
+                frontend,
+                devid,
+                "blkback",
+            );
+            let driver = Device::new(
+                Arc::clone(&self.platform),
                 Arc::clone(&self.config),
                 Arc::clone(&self.stats),
                 frontend,
                 devid,
-            )
-            .run()
+            );
+            // A qdisk or vbd3 backend also serves frontends under `device/vbd`.
+            let kinds = [self.config.kind.clone(), "vbd".to_string()];
+            async move {
+                let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+                xen_backend::run_device(dev, driver, &kinds).await
+            }
         })
         .await
     }

@@ -1,23 +1,19 @@
-//! One virtual block device's control plane: the backend half of the XenBus handshake, as
-//! Linux blkback's `xenbus.c` runs it.
+//! One virtual block device's part of the XenBus handshake (the state machine itself is
+//! `xen_backend::xenbus`, as Linux blkback's `xenbus.c` runs it).
 //!
-//! Probe: open the disk named by `params`, write the features in one transaction, go to
-//! `InitWait`. When the frontend is `Initialised` (or `Connected`): read and check its keys
-//! against what we advertised, start one worker per queue, write the disk's geometry, go to
-//! `Connected`. When it is `Closing`/`Closed`: stop the workers (in-flight I/O completes and is
-//! answered, every grant is unmapped, every port unbound) and follow it; with `online` = 0 the
-//! device is then gone. A backend started while its device is already `Connected` (a restart)
-//! re-attaches to the live rings.
+//! Probe: open the disk named by `params`, write the features in one transaction. Connect:
+//! read and check the frontend's keys against what we advertised, start one worker per queue,
+//! write the disk's geometry. Disconnect: stop the workers (in-flight I/O completes and is
+//! answered, every grant is unmapped, every port unbound).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use xen_abi::blkif::{VDISK_READONLY, XEN_IO_PROTO_ABI_X86_32};
 use xen_abi::{DomId, GrantRef, Port};
+use xen_backend::{DeviceDriver, XenbusDevice};
 use xen_blkif::{Abi, DiscardLimits, Limits};
-use xen_store::{path, XenbusState, Xs};
 
 use crate::platform::Platform;
 use crate::stats::QueueStats;
@@ -78,17 +74,13 @@ struct QueueKeys {
 /// A device being served.
 pub(crate) struct Device<P: Platform> {
     platform: Arc<P>,
-    xs: Xs,
     config: Arc<BackendConfig>,
-    be: String,
-    fe: String,
     frontend: DomId,
     devid: u32,
     disk: Option<Arc<RawDisk>>,
     limits: Option<Limits>,
     queues: Vec<RingHandle>,
     registry: StatsRegistry,
-    state: XenbusState,
 }
 
 /// A copy of every connected device's counters.
@@ -118,117 +110,38 @@ fn parse_u32(v: &[u8]) -> Option<u32> {
 impl<P: Platform> Device<P> {
     pub(crate) fn new(
         platform: Arc<P>,
-        xs: Xs,
         config: Arc<BackendConfig>,
         registry: StatsRegistry,
         frontend: DomId,
         devid: u32,
     ) -> Self {
-        let be = path::backend_path(platform.domid(), &config.kind, frontend, devid);
         Self {
             platform,
-            xs,
             config,
-            be,
-            fe: String::new(),
             frontend,
             devid,
             disk: None,
             limits: None,
             queues: Vec::new(),
             registry,
-            state: XenbusState::Unknown,
         }
-    }
-
-    async fn set_state(&mut self, state: XenbusState) -> xen_store::Result<()> {
-        self.xs
-            .write_state(&format!("{}/state", self.be), state)
-            .await?;
-        self.state = state;
-        tracing::info!(
-            frontend = self.frontend,
-            devid = self.devid,
-            "blkback device is {state}"
-        );
-        Ok(())
-    }
-
-    /// `xenbus_dev_fatal`: reports the error in the backend directory and closes.
-    async fn fatal(&mut self, message: &str) {
-        tracing::warn!(
-            frontend = self.frontend,
-            devid = self.devid,
-            "blkback device failed: {message}"
-        );
-        let _ = self
-            .xs
-            .write(&format!("{}/error", self.be), message.as_bytes())
-            .await;
-        self.disconnect().await;
-        let _ = self.set_state(XenbusState::Closing).await;
-    }
-
-    /// Runs the device until its backend directory goes away, or it is closed and offline.
-    pub(crate) async fn run(mut self) {
-        match self.probe().await {
-            Ok(()) => {}
-            Err(e) => return self.fatal(&e).await,
-        }
-        let fe_state = format!("{}/state", self.fe);
-        let (Ok(mut fe_watch), Ok(mut be_watch)) = (
-            self.xs.watch(&fe_state).await,
-            self.xs.watch(&self.be).await,
-        ) else {
-            return self.fatal("cannot watch the device's xenstore keys").await;
-        };
-        let mut health = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                ev = fe_watch.next() => if ev.is_none() { break },
-                ev = be_watch.next() => if ev.is_none() { break },
-                _ = health.tick() => {
-                    if self.queues.iter().any(RingHandle::failed) {
-                        self.fatal("frontend provided a bogus ring; device halted").await;
-                    }
-                    continue;
-                }
-            }
-            match self.step().await {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => self.fatal(&e).await,
-            }
-        }
-        self.disconnect().await;
     }
 
     /// Reads the toolstack's keys, opens the disk, advertises features.
-    async fn probe(&mut self) -> Result<(), String> {
-        let xs = &self.xs;
-        let read = |key: &'static str| {
-            let p = format!("{}/{key}", self.be);
-            async move { xs.read_opt(&p).await.map_err(|e| e.to_string()) }
-        };
-        let fe = read("frontend").await?.ok_or("no frontend key")?;
-        self.fe = String::from_utf8(fe).map_err(|_| "frontend path is not text")?;
-        if self.fe != path::frontend_path(self.frontend, &self.config.kind, self.devid)
-            && self.fe != path::frontend_path(self.frontend, "vbd", self.devid)
-        {
-            return Err(format!(
-                "frontend path {:?} does not belong to domain {}",
-                self.fe, self.frontend
-            ));
-        }
-        let params = read("params")
+    async fn probe_disk(&mut self, dev: &XenbusDevice) -> Result<(), String> {
+        let params = dev
+            .backend_key("params")
             .await?
             .ok_or("no params key: nothing to serve")?;
-        let params = String::from_utf8(params).map_err(|_| "params is not a path")?;
         let target = params.strip_prefix("aio:").unwrap_or(&params).to_string();
-        let read_only = read("mode")
+        let read_only = dev
+            .backend_key("mode")
             .await?
-            .is_some_and(|m| m.first() == Some(&b'r'));
-        let sector_size = read("sector-size-hint").await?.and_then(|v| parse_u32(&v));
+            .is_some_and(|m| m.starts_with('r'));
+        let sector_size = dev
+            .backend_key("sector-size-hint")
+            .await?
+            .and_then(|v| parse_u32(v.as_bytes()));
         let disk = RawDisk::open(
             &PathBuf::from(&target),
             RawOptions {
@@ -239,9 +152,10 @@ impl<P: Platform> Device<P> {
         )
         .map_err(|e| format!("cannot open {target}: {e}"))?;
         let info = disk.info();
-        let discard_enabled = read("discard-enable")
+        let discard_enabled = dev
+            .backend_key("discard-enable")
             .await?
-            .is_none_or(|v| v.first() != Some(&b'0'));
+            .is_none_or(|v| v != "0");
         let discard =
             (self.config.discard && discard_enabled && info.discard).then_some(DiscardLimits {
                 granularity: info.physical_sector_size,
@@ -259,8 +173,8 @@ impl<P: Platform> Device<P> {
         });
         self.disk = Some(Arc::new(disk));
         let c = Arc::clone(&self.config);
-        let be = self.be.clone();
-        self.xs
+        let be = dev.be.clone();
+        dev.xs
             .transaction(|tx| {
                 let (c, be) = (Arc::clone(&c), be.clone());
                 async move {
@@ -292,96 +206,10 @@ impl<P: Platform> Device<P> {
                 }
             })
             .await
-            .map_err(|e| e.to_string())?;
-        // A backend restarted under a connected frontend re-attaches to its live rings.
-        let ours = self
-            .xs
-            .read_state(&format!("{}/state", self.be))
-            .await
-            .map_err(|e| e.to_string())?;
-        let theirs = self
-            .xs
-            .read_state(&format!("{}/state", self.fe))
-            .await
-            .map_err(|e| e.to_string())?;
-        if ours == XenbusState::Connected && theirs == XenbusState::Connected {
-            tracing::info!(
-                frontend = self.frontend,
-                devid = self.devid,
-                "re-attaching to a connected frontend"
-            );
-            self.connect(true).await?;
-            self.state = XenbusState::Connected;
-            return Ok(());
-        }
-        self.set_state(XenbusState::InitWait)
-            .await
             .map_err(|e| e.to_string())
     }
 
-    /// One watch event: re-read everything and act. `Ok(false)` ends the device.
-    async fn step(&mut self) -> Result<bool, String> {
-        let online = self
-            .xs
-            .read_opt(&format!("{}/online", self.be))
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(_) = self
-            .xs
-            .read_opt(&format!("{}/state", self.be))
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(false); // the backend directory is gone: hot-unplugged
-        };
-        let online = online.is_some_and(|v| v.first() == Some(&b'1'));
-        let theirs = self
-            .xs
-            .read_state(&format!("{}/state", self.fe))
-            .await
-            .map_err(|e| e.to_string())?;
-        match theirs {
-            XenbusState::Initialising | XenbusState::InitWait
-                if self.state == XenbusState::Closed && online =>
-            {
-                self.set_state(XenbusState::InitWait)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            XenbusState::Initialised | XenbusState::Connected
-                if self.state == XenbusState::InitWait =>
-            {
-                self.connect(false).await?;
-                self.write_geometry().await?;
-                self.set_state(XenbusState::Connected)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            XenbusState::Closing
-                if self.state != XenbusState::Closing && self.state != XenbusState::Closed =>
-            {
-                self.disconnect().await;
-                self.set_state(XenbusState::Closing)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            XenbusState::Closed | XenbusState::Unknown => {
-                if self.state != XenbusState::Closed {
-                    self.disconnect().await;
-                    self.set_state(XenbusState::Closed)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                if !online {
-                    return Ok(false);
-                }
-            }
-            _ => {}
-        }
-        Ok(true)
-    }
-
-    async fn write_geometry(&self) -> Result<(), String> {
+    async fn write_geometry(&self, dev: &XenbusDevice) -> Result<(), String> {
         let Some(limits) = self.limits else {
             return Err("no disk".into());
         };
@@ -396,51 +224,35 @@ impl<P: Platform> Device<P> {
                 info.physical_sector_size.to_string(),
             ),
         ] {
-            self.xs
-                .write(&format!("{}/{k}", self.be), v.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
+            dev.write_backend_key(k, &v).await?;
         }
         Ok(())
     }
 
     /// Reads one queue's keys from `dir`.
-    async fn queue_keys(&self, dir: &str, order: u32) -> Result<QueueKeys, String> {
-        let xs = &self.xs;
-        let num = |key: String| async move {
-            xs.read_opt(&key)
-                .await
-                .map_err(|e| e.to_string())?
-                .and_then(|v| parse_u32(&v))
-                .ok_or(format!("missing or bad {key}"))
-        };
+    async fn queue_keys(dev: &XenbusDevice, dir: &str, order: u32) -> Result<QueueKeys, String> {
         let refs = if order == 0 {
-            vec![num(format!("{dir}/ring-ref")).await?]
+            vec![dev.number(&format!("{dir}/ring-ref")).await?]
         } else {
             let mut refs = Vec::new();
             for i in 0..(1u32 << order) {
-                refs.push(num(format!("{dir}/ring-ref{i}")).await?);
+                refs.push(dev.number(&format!("{dir}/ring-ref{i}")).await?);
             }
             refs
         };
         if refs.iter().collect::<HashSet<_>>().len() != refs.len() {
             return Err("duplicated ring-ref".into());
         }
-        let port = num(format!("{dir}/event-channel")).await?;
+        let port = dev.number(&format!("{dir}/event-channel")).await?;
         Ok(QueueKeys { refs, port })
     }
 
     /// Reads and checks the frontend's keys against what we advertised, and starts the queues.
-    async fn connect(&mut self, reattach: bool) -> Result<(), String> {
-        let xs = &self.xs;
-        let fe = self.fe.clone();
-        let opt = |key: &'static str| {
-            let p = format!("{fe}/{key}");
-            async move { xs.read_opt(&p).await.map_err(|e| e.to_string()) }
-        };
-        let queues = match opt("multi-queue-num-queues").await? {
+    async fn start(&mut self, dev: &XenbusDevice, reattach: bool) -> Result<(), String> {
+        let fe = dev.fe.clone();
+        let queues = match dev.frontend_key("multi-queue-num-queues").await? {
             None => 1,
-            Some(v) => parse_u32(&v).ok_or("bad multi-queue-num-queues")?,
+            Some(v) => v.parse().map_err(|_| "bad multi-queue-num-queues")?,
         };
         if queues == 0 || queues > self.config.max_queues {
             return Err(format!(
@@ -448,9 +260,9 @@ impl<P: Platform> Device<P> {
                 self.config.max_queues
             ));
         }
-        let order = match opt("ring-page-order").await? {
+        let order = match dev.frontend_key("ring-page-order").await? {
             None => 0,
-            Some(v) => parse_u32(&v).ok_or("bad ring-page-order")?,
+            Some(v) => v.parse().map_err(|_| "bad ring-page-order")?,
         };
         if order > self.config.max_ring_page_order {
             return Err(format!(
@@ -458,12 +270,14 @@ impl<P: Platform> Device<P> {
                 self.config.max_ring_page_order
             ));
         }
-        let abi =
-            Abi::from_protocol(opt("protocol").await?.as_deref()).map_err(|e| e.to_string())?;
+        let protocol = dev.frontend_key("protocol").await?;
+        let abi = Abi::from_protocol(protocol.as_deref().map(str::as_bytes))
+            .map_err(|e| e.to_string())?;
         let persistent = self.config.persistent
-            && opt("feature-persistent")
+            && dev
+                .frontend_key("feature-persistent")
                 .await?
-                .is_some_and(|v| v.first() == Some(&b'1'));
+                .is_some_and(|v| v == "1");
         let mut keys = Vec::new();
         for q in 0..queues {
             let dir = if queues == 1 {
@@ -471,7 +285,7 @@ impl<P: Platform> Device<P> {
             } else {
                 format!("{fe}/queue-{q}")
             };
-            keys.push(self.queue_keys(&dir, order).await?);
+            keys.push(Self::queue_keys(dev, &dir, order).await?);
         }
         let (Some(disk), Some(limits)) = (self.disk.clone(), self.limits) else {
             return Err("no disk".into());
@@ -505,7 +319,7 @@ impl<P: Platform> Device<P> {
                     all_stats.push(stats);
                 }
                 Err(e) => {
-                    self.disconnect().await;
+                    self.stop_queues().await;
                     return Err(format!("queue {q}: {e}"));
                 }
             }
@@ -531,7 +345,7 @@ impl<P: Platform> Device<P> {
     }
 
     /// Stops every queue (waiting for in-flight I/O), unmapping and unbinding everything.
-    async fn disconnect(&mut self) {
+    async fn stop_queues(&mut self) {
         self.registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -542,5 +356,24 @@ impl<P: Platform> Device<P> {
         }
         let _ = tokio::task::spawn_blocking(move || queues.into_iter().for_each(RingHandle::stop))
             .await;
+    }
+}
+
+impl<P: Platform> DeviceDriver for Device<P> {
+    async fn probe(&mut self, dev: &XenbusDevice) -> Result<(), String> {
+        self.probe_disk(dev).await
+    }
+
+    async fn connect(&mut self, dev: &XenbusDevice, reattach: bool) -> Result<(), String> {
+        self.start(dev, reattach).await?;
+        self.write_geometry(dev).await
+    }
+
+    async fn disconnect(&mut self) {
+        self.stop_queues().await;
+    }
+
+    fn failed(&self) -> bool {
+        self.queues.iter().any(RingHandle::failed)
     }
 }

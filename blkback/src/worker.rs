@@ -8,15 +8,14 @@
 //! pass per wake-up. A bogus producer index halts this ring only.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use xen_abi::blkif::{BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SEGS_PER_INDIRECT_FRAME};
 use xen_abi::{DomId, GrantRef, Port};
+use xen_backend::WorkerSignals;
 use xen_blkif::{
     check_extent, parse_indirect_page, parse_slot, Abi, Limits, Request, RwOp, Segment, SegmentList,
 };
@@ -77,38 +76,10 @@ impl From<nix::errno::Errno> for StartError {
     }
 }
 
-/// A running queue.
-pub struct RingHandle {
-    stop: Arc<OwnedFd>,
-    failed: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RingHandle {
-    /// Whether the ring was halted because the frontend misbehaved.
-    pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
-    }
-
-    /// Stops the queue: no new requests are taken, in-flight I/O completes and is answered,
-    /// every grant is unmapped and the port unbound. Returns when all of that is done.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = nix::unistd::write(&*self.stop, &1u64.to_ne_bytes());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for RingHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+/// A running queue. Stopping it: no new requests are taken, in-flight I/O completes and is
+/// answered, every grant is unmapped and the port unbound; `stop` returns when all of that is
+/// done.
+pub type RingHandle = xen_backend::WorkerHandle;
 
 /// `iovec`s into this worker's grant mappings.
 struct IoVecs(Vec<libc::iovec>);
@@ -171,17 +142,14 @@ where
         .bind_interdomain(spec.frontend, spec.port)
         .map_err(StartError::Bind)?;
     let queue = disk.open_queue(ring.size())?;
-    let stop = Arc::new(OwnedFd::from(EventFd::from_flags(
-        EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
-    )?));
-    let failed = Arc::new(AtomicBool::new(false));
+    let signals = WorkerSignals::new()?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     for (fd, token) in [
         (evtchn.readiness_fd(), 0u64),
         (queue.completion_fd(), 1),
-        (stop.as_raw_fd(), 2),
+        (signals.stop_fd(), 2),
     ] {
-        // SAFETY: each descriptor is owned by `evtchn`, `queue` or `stop`, all of which the
+        // SAFETY: each descriptor is owned by `evtchn`, `queue` or `signals`, all of which the
         // worker keeps for as long as `epoll`.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
@@ -206,11 +174,10 @@ where
         evtchn,
         local_port,
         epoll,
-        stop_fd: Arc::clone(&stop),
+        signals: signals.clone(),
         abi: spec.abi,
         limits: spec.limits,
         stats,
-        failed: Arc::clone(&failed),
         persistent: spec.persistent,
         grant_copy: spec.grant_copy,
         reattached: spec.reattach,
@@ -218,14 +185,9 @@ where
         halted: false,
         deferred: false,
     };
-    let thread = std::thread::Builder::new()
-        .name(spec.name.clone())
-        .spawn(move || worker.run())?;
-    Ok(RingHandle {
-        stop,
-        failed,
-        thread: Some(thread),
-    })
+    Ok(RingHandle::spawn(spec.name.clone(), signals, move || {
+        worker.run()
+    })?)
 }
 
 struct Worker<G: GrantMapper, E: EventChannel> {
@@ -247,11 +209,10 @@ struct Worker<G: GrantMapper, E: EventChannel> {
     evtchn: E,
     local_port: Port,
     epoll: Epoll,
-    stop_fd: Arc<OwnedFd>,
+    signals: WorkerSignals,
     abi: Abi,
     limits: Limits,
     stats: Arc<QueueStats>,
-    failed: Arc<AtomicBool>,
     persistent: bool,
     grant_copy: bool,
     /// Attached to a live ring (restart).
@@ -261,11 +222,6 @@ struct Worker<G: GrantMapper, E: EventChannel> {
     /// A pass stopped early (a barrier draining, or every slot in flight) without re-arming
     /// `req_event`: run it again when completions free the way.
     deferred: bool,
-}
-
-fn drain(fd: RawFd) {
-    let mut buf = [0u8; 8];
-    let _ = nix::unistd::read(fd, &mut buf);
 }
 
 impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
@@ -304,7 +260,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 match ev.data() {
                     0 => kicked = true,
                     2 => {
-                        drain(self.stop_fd.as_raw_fd());
+                        self.signals.clear_stop();
                         stopping = true;
                     }
                     _ => {}
@@ -385,7 +341,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             tracing::warn!("blkback queue: {e}");
         }
         self.halted = true;
-        self.failed.store(true, Ordering::Release);
+        self.signals.fail();
     }
 
     /// Runs passes over the ring until the final check finds nothing (or a barrier waits).

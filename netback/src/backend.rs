@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use xen_backend::Platform;
+use xen_backend::XenbusDevice;
 use xen_store::{path, Xs};
 
 use crate::device::{Device, NetbackConfig, StatsRegistry};
@@ -36,15 +37,21 @@ impl<P: Platform> Backend<P> {
     pub async fn run(&self) -> xen_store::Result<()> {
         let root = path::backend_root(self.platform.domid(), "vif");
         xen_backend::serve_devices(&self.xs, &root, |frontend, devid| {
-            Device::new(
-                Arc::clone(&self.platform),
+            let dev = XenbusDevice::new(
                 self.xs.clone(),
+                path::backend_path(self.platform.domid(), "vif", frontend, devid),
+                frontend,
+                devid,
+                "netback",
+            );
+            let driver = Device::new(
+                Arc::clone(&self.platform),
                 Arc::clone(&self.config),
                 Arc::clone(&self.stats),
                 frontend,
                 devid,
-            )
-            .run()
+            );
+            xen_backend::run_device(dev, driver, &["vif"])
         })
         .await
     }

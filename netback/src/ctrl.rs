@@ -3,15 +3,14 @@
 //! private buffer and validated there ([`xen_netif::ctrl::handle`]); the new configuration is
 //! published to the vif's queues only when a request succeeds.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, PoisonError};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use xen_abi::grant_table::status::OKAY;
 use xen_abi::netif::{NetifCtrlRequest, NetifCtrlResponse};
 use xen_abi::{DomId, GrantRef, Port};
+use xen_backend::WorkerSignals;
 use xen_evtchn::EventChannel;
 use xen_grant::{CopyOp, GrantMapper, GrantPtr};
 use xen_ring::BackRing;
@@ -23,27 +22,7 @@ use crate::shared::VifShared;
 const CTRL_BUDGET: u32 = 64;
 
 /// A running control ring.
-pub struct CtrlHandle {
-    stop: OwnedFd,
-    failed: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl CtrlHandle {
-    /// Whether the ring was halted because the frontend misbehaved.
-    pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for CtrlHandle {
-    fn drop(&mut self) {
-        let _ = nix::unistd::write(&self.stop, &1u64.to_ne_bytes());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+pub type CtrlHandle = xen_backend::WorkerHandle;
 
 /// Maps the control ring, binds its port and serves it on a thread.
 #[allow(clippy::too_many_arguments)]
@@ -73,20 +52,17 @@ where
     let local = evtchn
         .bind_interdomain(frontend, port)
         .map_err(StartError::Bind)?;
-    let stop = OwnedFd::from(EventFd::from_flags(
-        EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
-    )?);
+    let signals = WorkerSignals::new()?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    for (fd, token) in [(evtchn.readiness_fd(), 0u64), (stop.as_raw_fd(), 1)] {
-        // SAFETY: the descriptors belong to `evtchn` and `stop`, which outlive `epoll` (the
-        // thread owns `evtchn` and `epoll`; `stop` is closed only after the thread is joined).
+    for (fd, token) in [(evtchn.readiness_fd(), 0u64), (signals.stop_fd(), 1)] {
+        // SAFETY: the descriptors belong to `evtchn` and `signals`, which outlive `epoll` (the
+        // thread owns `evtchn`, `epoll` and a clone of `signals`).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
     }
-    let failed = Arc::new(AtomicBool::new(false));
-    let thread_failed = Arc::clone(&failed);
+    let theirs = signals.clone();
     let mut ring = ring;
-    let thread = std::thread::Builder::new().name(name).spawn(move || {
+    Ok(CtrlHandle::spawn(name, signals, move || {
         let mut events = [EpollEvent::empty(); 2];
         let copy = |gref: GrantRef, dst: &mut [u8]| {
             let mut ops = [CopyOp::FromGrant {
@@ -120,7 +96,7 @@ where
                 }
                 Err(e) => {
                     tracing::warn!(frontend, "control ring halted: {e}");
-                    thread_failed.store(true, Ordering::Release);
+                    theirs.fail();
                     break;
                 }
             }
@@ -129,12 +105,7 @@ where
             }
         }
         let _ = evtchn.unbind(local);
-    })?;
-    Ok(CtrlHandle {
-        stop,
-        failed,
-        thread: Some(thread),
-    })
+    })?)
 }
 
 /// Answers waiting requests; true if the frontend wants an event.

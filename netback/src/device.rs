@@ -1,24 +1,22 @@
-//! One vif's control plane: the backend half of the XenBus handshake, as Linux netback's
-//! `xenbus.c` runs it, plus the host-side work the Xen `vif-bridge` hotplug script does.
+//! One vif's part of the XenBus handshake (the state machine itself is `xen_backend::xenbus`,
+//! as Linux netback's `xenbus.c` runs it), plus the host-side work the Xen `vif-bridge`
+//! hotplug script does.
 //!
 //! Probe: read the toolstack's keys (`mac`, `bridge`, `mtu`, `rate`), create the TAP device
 //! `vif<domid>.<devid>` (kept alive by a detached anchor queue across reconnects), bridge it,
-//! write `hotplug-status` = connected, advertise the features, go to `InitWait`. When the
-//! frontend is `Initialised` or `Connected`: read and check its keys, attach one TAP queue and
-//! start one worker per ring queue (and the control ring), go to `Connected`. `Closing` /
-//! `Closed`: stop the workers (rings unmapped, ports unbound) and follow. A backend started while
-//! its vif is connected (a restart) re-attaches to the live rings. The `rate` key and the
+//! write `hotplug-status` = connected, advertise the features. Connect: read and check the
+//! frontend's keys, attach one TAP queue and start one worker per ring queue (and the control
+//! ring). Disconnect: stop the workers (rings unmapped, ports unbound). The `rate` key and the
 //! frontend's `request-multicast-control` are watched and apply live.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tap::{Tap, TapQueue};
 use xen_abi::{DomId, GrantRef, Port};
 use xen_backend::Platform;
+use xen_backend::{DeviceDriver, XenbusDevice};
 use xen_netif::tx::TxFeatures;
-use xen_store::{path, XenbusState, Xs};
 
 use crate::ctrl::{start_ctrl, CtrlHandle};
 use crate::queue::{start_queue, FrontFeatures, QueueHandle, QueueSpec, RxLimits};
@@ -95,10 +93,6 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-fn parse_u32(v: &[u8]) -> Option<u32> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
-}
-
 /// One queue's keys.
 struct QueueKeys {
     tx_ref: GrantRef,
@@ -110,10 +104,7 @@ struct QueueKeys {
 /// A vif being served.
 pub(crate) struct Device<P: Platform> {
     platform: Arc<P>,
-    xs: Xs,
     config: Arc<NetbackConfig>,
-    be: String,
-    fe: String,
     frontend: DomId,
     devid: u32,
     ifname: String,
@@ -124,25 +115,19 @@ pub(crate) struct Device<P: Platform> {
     queues: Vec<QueueHandle>,
     ctrl: Option<CtrlHandle>,
     registry: StatsRegistry,
-    state: XenbusState,
 }
 
 impl<P: Platform> Device<P> {
     pub(crate) fn new(
         platform: Arc<P>,
-        xs: Xs,
         config: Arc<NetbackConfig>,
         registry: StatsRegistry,
         frontend: DomId,
         devid: u32,
     ) -> Self {
-        let be = path::backend_path(platform.domid(), "vif", frontend, devid);
         Self {
             platform,
-            xs,
             config,
-            be,
-            fe: String::new(),
             frontend,
             devid,
             ifname: format!("vif{frontend}.{devid}"),
@@ -152,107 +137,18 @@ impl<P: Platform> Device<P> {
             queues: Vec::new(),
             ctrl: None,
             registry,
-            state: XenbusState::Unknown,
         }
-    }
-
-    async fn set_state(&mut self, state: XenbusState) -> Result<(), String> {
-        self.xs
-            .write_state(&format!("{}/state", self.be), state)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.state = state;
-        tracing::info!(
-            frontend = self.frontend,
-            devid = self.devid,
-            "netback vif is {state}"
-        );
-        Ok(())
-    }
-
-    async fn read(&self, key: &str) -> Result<Option<String>, String> {
-        let v = self.xs.read_opt(key).await.map_err(|e| e.to_string())?;
-        Ok(v.map(|v| String::from_utf8_lossy(&v).trim().to_string()))
-    }
-
-    /// `xenbus_dev_fatal`: reports the error in the backend directory and closes.
-    async fn fatal(&mut self, message: &str) {
-        tracing::warn!(
-            frontend = self.frontend,
-            devid = self.devid,
-            "netback vif failed: {message}"
-        );
-        let _ = self
-            .xs
-            .write(&format!("{}/error", self.be), message.as_bytes())
-            .await;
-        self.disconnect().await;
-        let _ = self.set_state(XenbusState::Closing).await;
-    }
-
-    /// Runs the vif until its backend directory goes away, or it is closed and offline.
-    pub(crate) async fn run(mut self) {
-        if let Err(e) = self.probe().await {
-            return self.fatal(&e).await;
-        }
-        let fe_state = format!("{}/state", self.fe);
-        let fe_mcast = format!("{}/request-multicast-control", self.fe);
-        let (Ok(mut fe_watch), Ok(mut be_watch), Ok(mut mcast_watch)) = (
-            self.xs.watch(&fe_state).await,
-            self.xs.watch(&self.be).await,
-            self.xs.watch(&fe_mcast).await,
-        ) else {
-            return self.fatal("cannot watch the vif's xenstore keys").await;
-        };
-        let mut health = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                ev = fe_watch.next() => if ev.is_none() { break },
-                ev = be_watch.next() => if ev.is_none() { break },
-                ev = mcast_watch.next() => {
-                    if ev.is_none() { break }
-                    self.refresh_multicast().await;
-                    continue;
-                }
-                _ = health.tick() => {
-                    let failed = self.queues.iter().any(QueueHandle::failed)
-                        || self.ctrl.as_ref().is_some_and(CtrlHandle::failed);
-                    if failed {
-                        self.fatal("frontend is malicious: vif disabled").await;
-                    }
-                    continue;
-                }
-            }
-            match self.step().await {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => self.fatal(&e).await,
-            }
-        }
-        self.disconnect().await;
-        let _ = self.xs.rm(&format!("{}/hotplug-status", self.be)).await;
     }
 
     /// Reads the toolstack's keys, sets up the host side, advertises features.
-    async fn probe(&mut self) -> Result<(), String> {
-        let fe = self
-            .read(&format!("{}/frontend", self.be))
-            .await?
-            .ok_or("no frontend key")?;
-        if fe != path::frontend_path(self.frontend, "vif", self.devid) {
-            return Err(format!(
-                "frontend path {fe:?} does not belong to domain {}",
-                self.frontend
-            ));
-        }
-        self.fe = fe;
-        let mac = self.read(&format!("{}/mac", self.be)).await?;
-        let mac = mac
-            .as_deref()
+    async fn probe_vif(&mut self, dev: &XenbusDevice) -> Result<(), String> {
+        let mac = dev.backend_key("mac").await?;
+        // Validated as Linux netback does; the guest uses it, the host side does not.
+        mac.as_deref()
             .and_then(parse_mac)
             .ok_or("no valid mac key (expected six hex bytes like 00:16:3e:00:00:01)")?;
-        let bridge = self.read(&format!("{}/bridge", self.be)).await?;
-        let mtu = match self.read(&format!("{}/mtu", self.be)).await? {
+        let bridge = dev.backend_key("bridge").await?;
+        let mtu = match dev.backend_key("mtu").await? {
             Some(m) => m
                 .parse::<u32>()
                 .ok()
@@ -260,19 +156,12 @@ impl<P: Platform> Device<P> {
                 .ok_or(format!("bad mtu key {m:?}"))?,
             None => 1500,
         };
-        self.rate = self
-            .read(&format!("{}/rate", self.be))
-            .await?
-            .and_then(|r| Rate::parse(&r));
-        let _ = mac; // validated like Linux netback; the guest uses it, the host side does not
+        self.rate = dev.backend_key("rate").await?.and_then(|r| Rate::parse(&r));
         self.setup_host_side(bridge.as_deref(), mtu)?;
-        self.xs
-            .write(&format!("{}/hotplug-status", self.be), b"connected")
-            .await
-            .map_err(|e| e.to_string())?;
+        dev.write_backend_key("hotplug-status", "connected").await?;
         let c = Arc::clone(&self.config);
-        let be = self.be.clone();
-        self.xs
+        let be = dev.be.clone();
+        dev.xs
             .transaction(|tx| {
                 let (c, be) = (Arc::clone(&c), be.clone());
                 async move {
@@ -300,28 +189,7 @@ impl<P: Platform> Device<P> {
                 }
             })
             .await
-            .map_err(|e| e.to_string())?;
-        let ours = self
-            .xs
-            .read_state(&format!("{}/state", self.be))
-            .await
-            .map_err(|e| e.to_string())?;
-        let theirs = self
-            .xs
-            .read_state(&format!("{}/state", self.fe))
-            .await
-            .map_err(|e| e.to_string())?;
-        if ours == XenbusState::Connected && theirs == XenbusState::Connected {
-            tracing::info!(
-                frontend = self.frontend,
-                devid = self.devid,
-                "re-attaching to a connected frontend"
-            );
-            self.connect(true).await?;
-            self.state = XenbusState::Connected;
-            return Ok(());
-        }
-        self.set_state(XenbusState::InitWait).await
+            .map_err(|e| e.to_string())
     }
 
     /// Creates the TAP device, names its MAC as the vif scripts do (fe:ff:ff:ff:ff:ff, so the
@@ -349,106 +217,45 @@ impl<P: Platform> Device<P> {
         Ok(())
     }
 
-    async fn refresh_multicast(&mut self) {
-        let Some(shared) = &self.shared else { return };
-        let on = self.config.multicast_control
-            && self
-                .read(&format!("{}/request-multicast-control", self.fe))
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|v| v == "1");
-        shared
-            .mcast
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .enabled = on;
-    }
-
-    /// One watch event: re-read everything and act. `Ok(false)` ends the vif.
-    async fn step(&mut self) -> Result<bool, String> {
-        let online = self.read(&format!("{}/online", self.be)).await?;
-        if self.read(&format!("{}/state", self.be)).await?.is_none() {
-            return Ok(false); // the backend directory is gone: hot-unplugged
-        }
-        let rate = self
-            .read(&format!("{}/rate", self.be))
-            .await?
-            .and_then(|r| Rate::parse(&r));
+    /// Applies the live settings: the `rate` key and `request-multicast-control`.
+    async fn refresh_live(&mut self, dev: &XenbusDevice) -> Result<(), String> {
+        let rate = dev.backend_key("rate").await?.and_then(|r| Rate::parse(&r));
         if rate != self.rate {
             self.rate = rate;
             if let Some(shared) = &self.shared {
                 shared.set_rate(rate);
             }
         }
-        let online = online.is_some_and(|v| v == "1");
-        let theirs = self
-            .xs
-            .read_state(&format!("{}/state", self.fe))
-            .await
-            .map_err(|e| e.to_string())?;
-        match theirs {
-            XenbusState::Initialising | XenbusState::InitWait
-                if self.state == XenbusState::Closed && online =>
-            {
-                self.set_state(XenbusState::InitWait).await?;
-            }
-            XenbusState::Initialised | XenbusState::Connected
-                if self.state == XenbusState::InitWait =>
-            {
-                self.connect(false).await?;
-                self.set_state(XenbusState::Connected).await?;
-            }
-            XenbusState::Closing
-                if self.state != XenbusState::Closing && self.state != XenbusState::Closed =>
-            {
-                self.disconnect().await;
-                self.set_state(XenbusState::Closing).await?;
-            }
-            XenbusState::Closed | XenbusState::Unknown => {
-                if self.state != XenbusState::Closed {
-                    self.disconnect().await;
-                    self.set_state(XenbusState::Closed).await?;
-                }
-                if !online {
-                    return Ok(false);
-                }
-            }
-            _ => {}
+        if let Some(shared) = &self.shared {
+            let on = self.config.multicast_control
+                && dev.frontend_key("request-multicast-control").await? == Some("1".into());
+            shared
+                .mcast
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .enabled = on;
         }
-        Ok(true)
+        Ok(())
     }
 
-    async fn num(&self, key: String) -> Result<u32, String> {
-        self.xs
-            .read_opt(&key)
-            .await
-            .map_err(|e| e.to_string())?
-            .and_then(|v| parse_u32(&v))
-            .ok_or(format!("missing or bad {key}"))
+    async fn flag(dev: &XenbusDevice, key: &str) -> Result<Option<bool>, String> {
+        Ok(dev.frontend_key(key).await?.map(|v| v == "1"))
     }
 
-    async fn flag(&self, key: &str) -> Result<Option<bool>, String> {
-        Ok(self
-            .read(&format!("{}/{key}", self.fe))
-            .await?
-            .map(|v| v == "1"))
-    }
-
-    async fn queue_keys(&self, dir: &str, split: bool) -> Result<QueueKeys, String> {
-        let tx_ref = self.num(format!("{dir}/tx-ring-ref")).await?;
-        let rx_ref = self.num(format!("{dir}/rx-ring-ref")).await?;
-        let has_split = self
+    async fn queue_keys(dev: &XenbusDevice, dir: &str, split: bool) -> Result<QueueKeys, String> {
+        let tx_ref = dev.number(&format!("{dir}/tx-ring-ref")).await?;
+        let rx_ref = dev.number(&format!("{dir}/rx-ring-ref")).await?;
+        let has_split = dev
             .read(&format!("{dir}/event-channel-tx"))
             .await?
             .is_some();
         let (tx_port, rx_port) = if split && has_split {
             (
-                self.num(format!("{dir}/event-channel-tx")).await?,
-                Some(self.num(format!("{dir}/event-channel-rx")).await?),
+                dev.number(&format!("{dir}/event-channel-tx")).await?,
+                Some(dev.number(&format!("{dir}/event-channel-rx")).await?),
             )
         } else {
-            (self.num(format!("{dir}/event-channel")).await?, None)
+            (dev.number(&format!("{dir}/event-channel")).await?, None)
         };
         if tx_ref == rx_ref {
             return Err("tx-ring-ref and rx-ring-ref are the same grant".into());
@@ -462,11 +269,8 @@ impl<P: Platform> Device<P> {
     }
 
     /// Reads and checks the frontend's keys and starts the queues.
-    async fn connect(&mut self, reattach: bool) -> Result<(), String> {
-        let queues = match self
-            .read(&format!("{}/multi-queue-num-queues", self.fe))
-            .await?
-        {
+    async fn start(&mut self, dev: &XenbusDevice, reattach: bool) -> Result<(), String> {
+        let queues = match dev.frontend_key("multi-queue-num-queues").await? {
             None => 1,
             Some(v) => v.parse::<u32>().map_err(|_| "bad multi-queue-num-queues")?,
         };
@@ -476,44 +280,42 @@ impl<P: Platform> Device<P> {
                 self.config.max_queues
             ));
         }
-        if self.flag("request-rx-copy").await? != Some(true) {
+        if Self::flag(dev, "request-rx-copy").await? != Some(true) {
             return Err("frontend does not support rx-copy (request-rx-copy)".into());
         }
-        if self.flag("feature-rx-notify").await? != Some(true) {
+        if Self::flag(dev, "feature-rx-notify").await? != Some(true) {
             return Err("feature-rx-notify is mandatory".into());
         }
         let front = FrontFeatures {
-            sg: self.flag("feature-sg").await?.unwrap_or(false),
-            gso_tcpv4: self.flag("feature-gso-tcpv4").await?.unwrap_or(false),
-            gso_tcpv6: self.flag("feature-gso-tcpv6").await?.unwrap_or(false),
-            csum: !self.flag("feature-no-csum-offload").await?.unwrap_or(false),
-            ipv6_csum: self
-                .flag("feature-ipv6-csum-offload")
+            sg: Self::flag(dev, "feature-sg").await?.unwrap_or(false),
+            gso_tcpv4: Self::flag(dev, "feature-gso-tcpv4").await?.unwrap_or(false),
+            gso_tcpv6: Self::flag(dev, "feature-gso-tcpv6").await?.unwrap_or(false),
+            csum: !Self::flag(dev, "feature-no-csum-offload")
+                .await?
+                .unwrap_or(false),
+            ipv6_csum: Self::flag(dev, "feature-ipv6-csum-offload")
                 .await?
                 .unwrap_or(false),
         };
         let mcast = self.config.multicast_control
-            && self
-                .flag("request-multicast-control")
+            && Self::flag(dev, "request-multicast-control")
                 .await?
                 .unwrap_or(false);
         let mut keys = Vec::new();
         for q in 0..queues {
             let dir = if queues == 1 {
-                self.fe.clone()
+                dev.fe.clone()
             } else {
-                format!("{}/queue-{q}", self.fe)
+                format!("{}/queue-{q}", dev.fe)
             };
-            keys.push(
-                self.queue_keys(&dir, self.config.split_event_channels)
-                    .await?,
-            );
+            keys.push(Self::queue_keys(dev, &dir, self.config.split_event_channels).await?);
         }
         let ctrl_keys = if self.config.ctrl_ring {
-            match self.read(&format!("{}/ctrl-ring-ref", self.fe)).await? {
+            match dev.frontend_key("ctrl-ring-ref").await? {
                 Some(_) => Some((
-                    self.num(format!("{}/ctrl-ring-ref", self.fe)).await?,
-                    self.num(format!("{}/event-channel-ctrl", self.fe)).await?,
+                    dev.number(&format!("{}/ctrl-ring-ref", dev.fe)).await?,
+                    dev.number(&format!("{}/event-channel-ctrl", dev.fe))
+                        .await?,
                 )),
                 None => None,
             }
@@ -565,7 +367,7 @@ impl<P: Platform> Device<P> {
                     all_stats.push(stats);
                 }
                 Err(e) => {
-                    self.disconnect().await;
+                    self.stop_queues().await;
                     return Err(format!("queue {q}: {e}"));
                 }
             }
@@ -584,7 +386,7 @@ impl<P: Platform> Device<P> {
             ) {
                 Ok(h) => self.ctrl = Some(h),
                 Err(e) => {
-                    self.disconnect().await;
+                    self.stop_queues().await;
                     return Err(format!("control ring: {e}"));
                 }
             }
@@ -609,7 +411,7 @@ impl<P: Platform> Device<P> {
     }
 
     /// Stops every queue and the control ring, unmapping and unbinding everything.
-    async fn disconnect(&mut self) {
+    async fn stop_queues(&mut self) {
         self.registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -625,6 +427,37 @@ impl<P: Platform> Device<P> {
             drop(ctrl);
         })
         .await;
+    }
+}
+
+impl<P: Platform> DeviceDriver for Device<P> {
+    async fn probe(&mut self, dev: &XenbusDevice) -> Result<(), String> {
+        self.probe_vif(dev).await
+    }
+
+    async fn connect(&mut self, dev: &XenbusDevice, reattach: bool) -> Result<(), String> {
+        self.start(dev, reattach).await
+    }
+
+    async fn disconnect(&mut self) {
+        self.stop_queues().await;
+    }
+
+    fn failed(&self) -> bool {
+        self.queues.iter().any(QueueHandle::failed)
+            || self.ctrl.as_ref().is_some_and(CtrlHandle::failed)
+    }
+
+    fn frontend_watches(&self) -> &'static [&'static str] {
+        &["request-multicast-control"]
+    }
+
+    async fn refresh(&mut self, dev: &XenbusDevice) -> Result<(), String> {
+        self.refresh_live(dev).await
+    }
+
+    async fn remove(&mut self, dev: &XenbusDevice) {
+        let _ = dev.xs.rm(&format!("{}/hotplug-status", dev.be)).await;
     }
 }
 

@@ -9,16 +9,16 @@
 //! fatal TX chain) disables this vif: the queue stops and reports failure to the control plane.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use tap::TapQueue;
 use xen_abi::netif::{NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse};
 use xen_abi::{DomId, GrantRef, Port};
+use xen_backend::WorkerSignals;
 use xen_evtchn::EventChannel;
 use xen_grant::GrantMapper;
 use xen_netif::tx::{TxFeatures, TxItem};
@@ -132,37 +132,8 @@ impl From<nix::errno::Errno> for StartError {
     }
 }
 
-/// A running queue.
-pub struct QueueHandle {
-    stop: Arc<OwnedFd>,
-    failed: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl QueueHandle {
-    /// Whether the queue stopped because the frontend misbehaved.
-    pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
-    }
-
-    /// Stops the queue, unmapping its rings and unbinding its ports; returns when done.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = nix::unistd::write(&*self.stop, &1u64.to_ne_bytes());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for QueueHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+/// A running queue; stopping it unmaps its rings and unbinds its ports.
+pub type QueueHandle = xen_backend::WorkerHandle;
 
 pub(crate) type TxRing<M> = BackRing<M, NetifTxRequest, NetifTxResponse>;
 pub(crate) type RxRing<M> = BackRing<M, NetifRxRequest, NetifRxResponse>;
@@ -243,10 +214,7 @@ where
         },
         None => local_tx,
     };
-    let stop = Arc::new(OwnedFd::from(EventFd::from_flags(
-        EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
-    )?));
-    let failed = Arc::new(AtomicBool::new(false));
+    let signals = WorkerSignals::new()?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     let index = usize::try_from(spec.index).unwrap_or(usize::MAX);
     let inbox_fd = shared
@@ -258,9 +226,9 @@ where
         (evtchn.readiness_fd(), 0u64),
         (tap.as_raw_fd(), 1),
         (inbox_fd, 2),
-        (stop.as_raw_fd(), 3),
+        (signals.stop_fd(), 3),
     ] {
-        // SAFETY: each descriptor is owned by `evtchn`, `tap`, `shared` or `stop`, which the
+        // SAFETY: each descriptor is owned by `evtchn`, `tap`, `shared` or `signals`, which the
         // worker keeps for as long as `epoll`.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
@@ -289,26 +257,19 @@ where
         last_rx_progress: now,
         read_buf: vec![0u8; xen_netif::vnet::VNET_HDR_LEN + 65536],
     };
-    // The thread keeps the stop descriptor registered in its epoll open.
-    let thread_stop = Arc::clone(&stop);
-    let thread_failed = Arc::clone(&failed);
-    let thread = std::thread::Builder::new().name(name).spawn(move || {
+    // The thread keeps the signals (whose stop descriptor is in its epoll) alive.
+    let theirs = signals.clone();
+    Ok(QueueHandle::spawn(name, signals, move || {
         if let Err(Fatal(why)) = worker.run(&epoll) {
             tracing::warn!(
                 frontend = worker.spec.frontend,
                 queue = worker.spec.index,
                 "netback queue disabled: {why}"
             );
-            thread_failed.store(true, Ordering::Release);
+            theirs.fail();
         }
         worker.close();
-        drop(thread_stop);
-    })?;
-    Ok(QueueHandle {
-        stop,
-        failed,
-        thread: Some(thread),
-    })
+    })?)
 }
 
 impl<G: GrantMapper, E: EventChannel> Worker<G, E> {

@@ -4,10 +4,17 @@
 //!   simulated host, behind one trait so the backend code is the same on both.
 //! - [`serve_devices`]: the driver domain's side of device discovery: watch
 //!   `backend/<kind>` and run one task per `<frontend-domid>/<devid>` the toolstack places there.
+//! - [`worker`]: the thread behind one ring and the handle that stops it.
+//! - [`xenbus`]: the backend half of the XenBus handshake; a device type plugs in a
+//!   [`DeviceDriver`].
 
 pub mod platform;
+pub mod worker;
+pub mod xenbus;
 
 pub use platform::{Platform, SimPlatform, XenPlatform};
+pub use worker::{WorkerHandle, WorkerSignals};
+pub use xenbus::{run_device, DeviceDriver, XenbusDevice};
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
