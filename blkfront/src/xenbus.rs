@@ -71,26 +71,10 @@ pub async fn wait_state(
     timeout: Duration,
     pred: impl Fn(XenbusState) -> bool,
 ) -> Result<XenbusState> {
-    let mut watch = xs
-        .watch(path)
+    xs.wait_state(path, timeout, pred)
         .await
-        .map_err(|e| Error::Xenstore(e.to_string()))?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let s = xs
-            .read_state(path)
-            .await
-            .map_err(|e| Error::Xenstore(e.to_string()))?;
-        if pred(s) {
-            return Ok(s);
-        }
-        if tokio::time::timeout_at(deadline, watch.next())
-            .await
-            .is_err()
-        {
-            return Err(Error::Timeout);
-        }
-    }
+        .map_err(|e| Error::Xenstore(e.to_string()))?
+        .ok_or(Error::Timeout)
 }
 
 /// Connects the device whose frontend directory is `dir`; `handles` gives each queue its own

@@ -94,37 +94,36 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 h.copy_from_slice(hdr.as_bytes());
             }
         }
+        // The guest's hash, once per frame: it picks the queue and goes to the guest as an
+        // extra-info slot.
         let queues = self.shared.queues();
-        if queues > 1 {
-            let frame = buf.get(VNET_HDR_LEN..).unwrap_or_default();
-            let target = {
-                let hash = self
+        let (hash, target) = {
+            let config = self
+                .shared
+                .hash
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let hash = config.hash(buf.get(VNET_HDR_LEN..).unwrap_or_default());
+            (hash, hash.map(|h| config.queue_of(h.value, queues)))
+        };
+        let frame = RxFrame {
+            buf,
+            hash,
+            queued_at: now,
+        };
+        match target.filter(|&q| q != self.spec.index) {
+            Some(q) => {
+                let pushed = self
                     .shared
-                    .hash
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                hash.hash(frame).map(|h| hash.queue_of(h.value, queues))
-            };
-            if let Some(q) = target.filter(|&q| q != self.spec.index) {
-                let frame = RxFrame {
-                    buf,
-                    queued_at: now,
-                };
-                if let Some(inbox) = self.shared.inboxes.get(q as usize) {
-                    if inbox.push(frame).is_err() {
-                        bump(&self.stats.rx_drop_queue_full);
-                    }
+                    .inboxes
+                    .get(q as usize)
+                    .is_some_and(|inbox| inbox.push(frame).is_ok());
+                if !pushed {
+                    bump(&self.stats.rx_drop_queue_full);
                 }
-                return;
             }
+            None => self.rx_enqueue(frame, now),
         }
-        self.rx_enqueue(
-            RxFrame {
-                buf,
-                queued_at: now,
-            },
-            now,
-        );
     }
 
     /// Whether the guest accepts a blank checksum on this frame.
@@ -163,7 +162,6 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
     /// What the guest is told about a frame, or `None` if it cannot take it.
     fn rx_meta(&self, frame: &RxFrame) -> Option<RxMeta> {
         let hdr = header(&frame.buf);
-        let data = frame.buf.get(VNET_HDR_LEN..)?;
         let front = self.spec.front;
         let gso = match hdr.gso() {
             HostGso::None => None,
@@ -180,16 +178,10 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             HostGso::Unsupported => return None,
         };
         let csum_flags = hdr.rx_flags() & (NETRXF_CSUM_BLANK | NETRXF_DATA_VALIDATED);
-        let hash = self
-            .shared
-            .hash
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .hash(data);
         Some(RxMeta {
             csum_flags,
             gso,
-            hash,
+            hash: frame.hash,
         })
     }
 

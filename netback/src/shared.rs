@@ -23,6 +23,8 @@ pub const MCAST_MAX: usize = 64;
 pub struct RxFrame {
     /// Header then frame.
     pub buf: Vec<u8>,
+    /// The guest-configured flow hash, when hashing is on.
+    pub hash: Option<xen_netif::hash::FrameHash>,
     /// When it was queued (for the drain timeout).
     pub queued_at: Instant,
 }

@@ -154,20 +154,10 @@ pub async fn wait_state(
     path: &str,
     pred: impl Fn(XenbusState) -> bool,
 ) -> Result<XenbusState> {
-    let mut watch = xs.watch(path).await.map_err(xs_err)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = xs.read_state(path).await.map_err(xs_err)?;
-        if pred(s) {
-            return Ok(s);
-        }
-        if tokio::time::timeout_at(deadline, watch.next())
-            .await
-            .is_err()
-        {
-            return Err(Error::Timeout);
-        }
-    }
+    xs.wait_state(path, Duration::from_secs(10), pred)
+        .await
+        .map_err(xs_err)?
+        .ok_or(Error::Timeout)
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {

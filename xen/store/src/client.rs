@@ -284,6 +284,30 @@ impl Xs {
             .unwrap_or(XenbusState::Unknown))
     }
 
+    /// Waits until the XenBus `state` node at `p` satisfies `pred` (checked at once and on every
+    /// change); `None` if `timeout` passes first.
+    pub async fn wait_state(
+        &self,
+        p: &str,
+        timeout: std::time::Duration,
+        pred: impl Fn(XenbusState) -> bool,
+    ) -> Result<Option<XenbusState>> {
+        let mut watch = self.watch(p).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.read_state(p).await?;
+            if pred(s) {
+                return Ok(Some(s));
+            }
+            if tokio::time::timeout_at(deadline, watch.next())
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Whether a node exists.
     pub async fn exists(&self, p: &str) -> Result<bool> {
         Ok(self.read_opt(p).await?.is_some())
