@@ -350,12 +350,7 @@ impl<P: Platform> Device<P> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&(self.frontend, self.devid));
-        let queues = std::mem::take(&mut self.queues);
-        if queues.is_empty() {
-            return;
-        }
-        let _ = tokio::task::spawn_blocking(move || queues.into_iter().for_each(RingHandle::stop))
-            .await;
+        xen_backend::worker::stop_all(std::mem::take(&mut self.queues)).await;
     }
 }
 

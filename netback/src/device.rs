@@ -417,16 +417,9 @@ impl<P: Platform> Device<P> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&(self.frontend, self.devid));
         self.shared = None;
-        let queues = std::mem::take(&mut self.queues);
-        let ctrl = self.ctrl.take();
-        if queues.is_empty() && ctrl.is_none() {
-            return;
-        }
-        let _ = tokio::task::spawn_blocking(move || {
-            queues.into_iter().for_each(QueueHandle::stop);
-            drop(ctrl);
-        })
-        .await;
+        let mut workers = std::mem::take(&mut self.queues);
+        workers.extend(self.ctrl.take());
+        xen_backend::worker::stop_all(workers).await;
     }
 }
 

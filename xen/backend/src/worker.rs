@@ -88,6 +88,16 @@ impl WorkerHandle {
     }
 }
 
+/// Stops every worker of a device (each waits for its in-flight work) off the async runtime,
+/// and returns when all have ended.
+pub async fn stop_all(workers: Vec<WorkerHandle>) {
+    if workers.is_empty() {
+        return;
+    }
+    let _ =
+        tokio::task::spawn_blocking(move || workers.into_iter().for_each(WorkerHandle::stop)).await;
+}
+
 impl Drop for WorkerHandle {
     fn drop(&mut self) {
         self.shutdown();
