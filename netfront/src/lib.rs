@@ -6,7 +6,9 @@
 //! namespace, so the real Linux network stack runs on both ends of the simulated link. One
 //! thread per queue moves frames ([`queue`]).
 
+pub mod negotiate;
 pub mod queue;
+pub mod raw;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -15,13 +17,12 @@ use std::time::Duration;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tap::Tap;
-use xen_abi::DomId;
 use xen_evtchn::EventChannel;
-use xen_grant::{GrantAllocator, GrantedPages};
-use xen_ring::FrontRing;
+use xen_grant::GrantAllocator;
 use xen_store::{XenbusState, Xs};
 
-use crate::queue::{run_queue, Negotiated, QueueParts, RING_SLOTS};
+use crate::negotiate::{negotiate, Negotiation};
+use crate::queue::run_queue;
 
 /// Frontend errors, as sentences.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum Error {
     /// Granting, event channels, rings or the TAP device failed.
     #[error("{0}")]
     Setup(String),
+    /// The backend answered our keys by closing.
+    #[error("the backend refused the connection")]
+    Refused,
 }
 
 /// Result of frontend operations.
@@ -184,124 +188,14 @@ where
     A::Pages: 'static,
     E: EventChannel + 'static,
 {
-    let backend = read(xs, &format!("{dir}/backend")).await?;
-    let backend_id: DomId = read(xs, &format!("{dir}/backend-id"))
-        .await?
-        .parse()
-        .map_err(|_| Error::Xenstore("bad backend-id".into()))?;
-    wait_state(xs, &format!("{backend}/state"), |s| {
-        matches!(s, XenbusState::InitWait | XenbusState::Connected)
-    })
-    .await?;
-    let max_queues: u32 = read(xs, &format!("{backend}/multi-queue-max-queues"))
-        .await
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let queues = opts.queues.clamp(1, max_queues.max(1));
-    let split = opts.split && flag(xs, &format!("{backend}/feature-split-event-channels")).await?;
-    let gso4 = opts.gso && flag(xs, &format!("{backend}/feature-gso-tcpv4")).await?;
-    let gso6 = opts.gso && flag(xs, &format!("{backend}/feature-gso-tcpv6")).await?;
-    let negotiated = Negotiated {
-        sg: opts.sg,
-        gso_tx: (gso4 || gso6) && opts.sg && opts.csum,
-    };
-    let mut parts = Vec::new();
-    let mut keys: Vec<(String, String)> = Vec::new();
-    for q in 0..queues {
-        let qdir = if queues == 1 {
-            dir.to_string()
-        } else {
-            format!("{dir}/queue-{q}")
-        };
-        let tx_pages = alloc.grant_pages(backend_id, 1, true).map_err(setup)?;
-        let rx_pages = alloc.grant_pages(backend_id, 1, true).map_err(setup)?;
-        let tx_ref = *tx_pages
-            .refs()
-            .first()
-            .ok_or_else(|| setup("no ring grant"))?;
-        let rx_ref = *rx_pages
-            .refs()
-            .first()
-            .ok_or_else(|| setup("no ring grant"))?;
-        let tx_pool = alloc
-            .grant_pages(backend_id, RING_SLOTS, false)
-            .map_err(setup)?;
-        let rx_pool = alloc
-            .grant_pages(backend_id, RING_SLOTS, true)
-            .map_err(setup)?;
-        let e = evtchn().map_err(setup)?;
-        let tx_port = e.bind_unbound_port(backend_id).map_err(setup)?;
-        let rx_port = if split {
-            e.bind_unbound_port(backend_id).map_err(setup)?
-        } else {
-            tx_port
-        };
-        keys.push((format!("{qdir}/tx-ring-ref"), tx_ref.to_string()));
-        keys.push((format!("{qdir}/rx-ring-ref"), rx_ref.to_string()));
-        if split {
-            keys.push((format!("{qdir}/event-channel-tx"), tx_port.to_string()));
-            keys.push((format!("{qdir}/event-channel-rx"), rx_port.to_string()));
-        } else {
-            keys.push((format!("{qdir}/event-channel"), tx_port.to_string()));
-        }
-        parts.push(QueueParts {
-            tx_ring: FrontRing::init(tx_pages).map_err(setup)?,
-            rx_ring: FrontRing::init(rx_pages).map_err(setup)?,
-            tx_pool,
-            rx_pool,
-            evtchn: e,
-            tx_port,
-            rx_port,
-        });
-    }
-    let flag_str = |b: bool| u8::from(b).to_string();
-    if queues > 1 {
-        keys.push((format!("{dir}/multi-queue-num-queues"), queues.to_string()));
-    }
-    for (k, v) in [
-        ("request-rx-copy", "1".to_string()),
-        ("feature-rx-notify", "1".to_string()),
-        ("feature-sg", flag_str(opts.sg)),
-        ("feature-gso-tcpv4", flag_str(opts.gso)),
-        ("feature-gso-tcpv6", flag_str(opts.gso)),
-        ("feature-no-csum-offload", flag_str(!opts.csum)),
-        ("feature-ipv6-csum-offload", flag_str(opts.ipv6_csum)),
-        (
-            "request-multicast-control",
-            flag_str(opts.multicast_control),
-        ),
-    ] {
-        keys.push((format!("{dir}/{k}"), v));
-    }
-    xs.transaction(|tx| {
-        let keys = keys.clone();
-        async move {
-            for (k, v) in &keys {
-                tx.write(k, v.as_bytes()).await?;
-            }
-            Ok(())
-        }
-    })
-    .await
-    .map_err(xs_err)?;
-    xs.write_state(&format!("{dir}/state"), XenbusState::Connected)
-        .await
-        .map_err(xs_err)?;
-    wait_state(xs, &format!("{backend}/state"), |s| {
-        matches!(
-            s,
-            XenbusState::Connected | XenbusState::Closing | XenbusState::Closed
-        )
-    })
-    .await
-    .and_then(|s| {
-        if s == XenbusState::Connected {
-            Ok(s)
-        } else {
-            Err(Error::Setup("the backend refused the connection".into()))
-        }
-    })?;
+    let Negotiation {
+        parts,
+        negotiated,
+        gso4,
+        gso6,
+        ..
+    } = negotiate(xs, dir, alloc, &mut evtchn, opts, false, &mut |_| {}).await?;
+    let queues = u32::try_from(parts.len()).unwrap_or(1);
     let mut tap = Tap::create(ifname, queues as usize, netns).map_err(setup)?;
     let link = tap.link();
     if let Some(mac) = read(xs, &format!("{dir}/mac"))

@@ -60,15 +60,30 @@ fn page_ptr(pool: &impl SharedMemory, index: usize) -> Option<*mut u8> {
     (offset + PAGE_SIZE <= pool.len()).then(|| pool.as_ptr().wrapping_add(offset))
 }
 
-fn write_page(pool: &impl SharedMemory, index: usize, data: &[u8]) {
-    if let Some(p) = page_ptr(pool, index) {
-        // SAFETY: `p` starts a whole page inside the granted region (checked above) and at most
-        // a page is written.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len().min(PAGE_SIZE)) };
+pub(crate) fn write_page(
+    pool: &impl SharedMemory,
+    index: usize,
+    offset: usize,
+    data: &[u8],
+) -> bool {
+    if offset + data.len() > PAGE_SIZE {
+        return false;
     }
+    let Some(p) = page_ptr(pool, index) else {
+        return false;
+    };
+    // SAFETY: `p` starts a whole page inside the granted region (checked above) and
+    // `offset + data.len() <= PAGE_SIZE`.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.wrapping_add(offset), data.len()) };
+    true
 }
 
-fn read_page(pool: &impl SharedMemory, index: usize, offset: usize, len: usize) -> Option<Vec<u8>> {
+pub(crate) fn read_page(
+    pool: &impl SharedMemory,
+    index: usize,
+    offset: usize,
+    len: usize,
+) -> Option<Vec<u8>> {
     if offset + len > PAGE_SIZE {
         return None;
     }
@@ -281,7 +296,7 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
         }
         for (i, chunk) in chunks.iter().enumerate() {
             let id = self.tx_free.pop()?;
-            write_page(&self.parts.tx_pool, usize::from(id), chunk);
+            write_page(&self.parts.tx_pool, usize::from(id), 0, chunk);
             let gref = *self.parts.tx_pool.refs().get(usize::from(id))?;
             let mut f = if i == 0 { flags } else { 0 };
             if i + 1 < chunks.len() {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -151,6 +153,11 @@ pub async fn rig(tag: &str, guests: usize, config: NetbackConfig) -> Rig {
 
 /// The toolstack attaches guest `i`'s vif 0 (bridge `xenbr0`) as libxl does.
 pub async fn attach(rig: &Rig, i: usize, extra_backend_keys: &[(&str, &str)]) {
+    attach_vif(rig, i, 0, extra_backend_keys).await;
+}
+
+/// The toolstack attaches guest `i`'s vif `devid` (bridge `xenbr0`) as libxl does.
+pub async fn attach_vif(rig: &Rig, i: usize, devid: u32, extra_backend_keys: &[(&str, &str)]) {
     let xs = rig.host_xs().await;
     let g = &rig.guests[i];
     let mut backend_keys = vec![
@@ -169,9 +176,12 @@ pub async fn attach(rig: &Rig, i: usize, extra_backend_keys: &[(&str, &str)]) {
             kind: "vif".into(),
             backend: rig.dd.domid(),
             frontend: g.domain.domid(),
-            devid: 0,
+            devid,
             backend_keys,
-            frontend_keys: vec![("mac".into(), mac_of(i)), ("handle".into(), "0".into())],
+            frontend_keys: vec![
+                ("mac".into(), mac_of(i)),
+                ("handle".into(), devid.to_string()),
+            ],
         },
     )
     .await
@@ -269,6 +279,17 @@ pub fn tcp_transfer(
     port: u16,
     bytes: usize,
 ) -> (u64, u64, usize) {
+    tcp_transfer_between(&from.path(), &to.path(), to_addr, port, bytes)
+}
+
+/// [`tcp_transfer`] between namespaces given by path.
+pub fn tcp_transfer_between(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    to_addr: &str,
+    port: u16,
+    bytes: usize,
+) -> (u64, u64, usize) {
     let addr: SocketAddr = if to_addr.contains(':') {
         format!("[{to_addr}]:{port}")
     } else {
@@ -276,7 +297,9 @@ pub fn tcp_transfer(
     }
     .parse()
     .unwrap();
-    let listener = tap::in_netns(Some(&to.path()), || TcpListener::bind(addr)).unwrap();
+    let listener = tap::in_netns(Some(to), || TcpListener::bind(addr)).unwrap();
+    // (Port 0 picks a free port.)
+    let addr = listener.local_addr().unwrap();
     let receiver = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -293,7 +316,7 @@ pub fn tcp_transfer(
         }
         (h, total)
     });
-    let stream = tap::in_netns(Some(&from.path()), || {
+    let stream = tap::in_netns(Some(from), || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(10))
     })
     .unwrap();
