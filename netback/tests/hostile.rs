@@ -226,6 +226,9 @@ async fn bad_grants_fail_only_their_packets() {
     s.good.finish(3);
 }
 
+/// Builds a packet's slots on a queue.
+type BuildSlots = Box<dyn Fn(&RawQueue) -> Vec<NetifTxRequest>>;
+
 /// The slots of a frame split into fragments of the given lengths (the first holds the rest).
 fn split(q: &RawQueue, page: usize, frame: &[u8], lens: &[usize]) -> Vec<NetifTxRequest> {
     let rest: usize = lens.iter().sum();
@@ -325,7 +328,7 @@ async fn tx_chains_are_judged_as_linux_does() {
     );
 
     // Malicious chains disable the vif (Linux xenvif_fatal_tx_err), one vif each.
-    let fatal_cases: [(&str, Box<dyn Fn(&RawQueue) -> Vec<NetifTxRequest>>); 4] = [
+    let fatal_cases: [(&str, BuildSlots); 4] = [
         (
             "1 + 21 slots",
             Box::new(|q| split(q, 0, &test_frame(INJECTOR_MAC, mac(3), 30, 1000), &[10; 21])),
