@@ -12,13 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::raw::{
-    mac, peek_u32, poke_u32, post_rx, proves_alive, push_tx, received, rx_responses, scene, stats,
-    test_frame, tx_chain, tx_responses, tx_simple, RawQueue, INJECTOR_MAC,
+    extra_slot, gso_extra, mac, peek_u32, poke_u32, post_rx, proves_alive, push_tx, received,
+    rx_responses, scene, stats, test_frame, tx_chain, tx_responses, tx_simple, RawQueue,
+    INJECTOR_MAC,
 };
 use common::{attach_vif, Rig};
 use netback::device::NetbackConfig;
 use netfront::NetfrontOptions;
-use xen_abi::netif::{NetifTxRequest, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_MORE_DATA};
+use xen_abi::netif::{
+    NetifTxRequest, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_EXTRA_INFO,
+    NETTXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_EXTRA_TYPE_MCAST_ADD, XEN_NETIF_EXTRA_TYPE_MCAST_DEL, XEN_NETIF_GSO_TYPE_TCPV4,
+};
 use xen_netif::vnet::VirtioNetHdr;
 use xen_ring::SharedMemory;
 use xen_store::XenbusState;
@@ -379,5 +384,129 @@ async fn tx_chains_are_judged_as_linux_does() {
             "{what}"
         );
     }
+    s.good.finish(3);
+}
+
+/// A packet with one extra-info slot after its first slot.
+fn with_extra(q: &RawQueue, frame: &[u8], extra: NetifTxRequest) -> Vec<NetifTxRequest> {
+    let mut slots = tx_simple(q, 0, frame);
+    slots[0].flags |= NETTXF_EXTRA_INFO;
+    slots.push(extra);
+    slots
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_info_abuse_disables_the_vif() {
+    let s = scene("extras", 3, NetbackConfig::default()).await;
+    let frame = test_frame(INJECTOR_MAC, mac(2), 40, 200);
+    let cases: [(&str, NetifTxRequest); 5] = [
+        ("extra type 0", extra_slot(0, 0, [0; 6])),
+        ("extra type 5", extra_slot(5, 0, [0; 6])),
+        (
+            "an extra chain running off the ring",
+            extra_slot(
+                XEN_NETIF_EXTRA_TYPE_GSO,
+                XEN_NETIF_EXTRA_FLAG_MORE,
+                gso_extra(1448, 1),
+            ),
+        ),
+        (
+            "GSO size 0",
+            extra_slot(
+                XEN_NETIF_EXTRA_TYPE_GSO,
+                0,
+                gso_extra(0, XEN_NETIF_GSO_TYPE_TCPV4),
+            ),
+        ),
+        (
+            "an unknown GSO type",
+            extra_slot(XEN_NETIF_EXTRA_TYPE_GSO, 0, gso_extra(1448, 7)),
+        ),
+    ];
+    for (devid, (what, extra)) in cases.iter().enumerate() {
+        let devid = devid as u32;
+        if devid > 0 {
+            attach_vif(&s.rig, 2, devid, &[]).await;
+        }
+        let mut bad = s
+            .rig
+            .connect_raw(2, devid, NetfrontOptions::default(), false, &mut |_| {})
+            .await
+            .unwrap();
+        let q = &mut bad.queues[0];
+        push_tx(q, &with_extra(q, &frame, *extra));
+        assert!(
+            s.rig
+                .wait_backend_state(2, devid, XenbusState::Closing)
+                .await,
+            "{what} disables the vif"
+        );
+    }
+    assert!(s.inj.collect(Duration::from_millis(100)).is_empty());
+    s.good.finish(3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multicast_control_is_capped_at_64_and_filters() {
+    let s = scene("mcast", 3, NetbackConfig::default()).await;
+    let opts = NetfrontOptions {
+        multicast_control: true,
+        ..NetfrontOptions::default()
+    };
+    let mut bad = s
+        .rig
+        .connect_raw(2, 0, opts, false, &mut |_| {})
+        .await
+        .unwrap();
+    let q = &mut bad.queues[0];
+    proves_alive(q, &s.inj, 2, 50, 0);
+    let group = |k: u8| [0x01, 0x00, 0x5e, 0x00, 0x01, k];
+    let mcast = |q: &mut RawQueue, type_: u8, addr: [u8; 6], page: usize| {
+        let first = NetifTxRequest {
+            gref: q.tx_gref(page).unwrap(),
+            offset: 0,
+            flags: NETTXF_EXTRA_INFO,
+            id: page as u16,
+            size: 0,
+        };
+        push_tx(q, &[first, extra_slot(type_, 0, addr)]);
+        let rsp = tx_responses(q, 2);
+        assert_eq!(rsp.len(), 2);
+        assert_eq!(rsp[1].status, NETIF_RSP_NULL, "the extra slot's answer");
+        rsp[0].status
+    };
+    for k in 0..64u8 {
+        let status = mcast(q, XEN_NETIF_EXTRA_TYPE_MCAST_ADD, group(k), usize::from(k));
+        assert_eq!(status, NETIF_RSP_OKAY, "group {k}");
+    }
+    for k in 64..100u8 {
+        let status = mcast(q, XEN_NETIF_EXTRA_TYPE_MCAST_ADD, group(k), usize::from(k));
+        assert_eq!(
+            status, NETIF_RSP_ERROR,
+            "group {k} is beyond the 64 allowed"
+        );
+    }
+    assert_eq!(
+        mcast(q, XEN_NETIF_EXTRA_TYPE_MCAST_DEL, group(5), 100),
+        NETIF_RSP_OKAY
+    );
+    // The guest receives the groups it joined (and broadcasts), not the others.
+    post_rx(q, 0, 128);
+    let before = stats(&s.rig, 2, 0).rx_drop_mcast;
+    let joined = test_frame(group(7), INJECTOR_MAC, 51, 300);
+    s.inj.send(
+        &test_frame(group(70), INJECTOR_MAC, 52, 300),
+        VirtioNetHdr::default(),
+    );
+    s.inj.send(
+        &test_frame(group(5), INJECTOR_MAC, 53, 300),
+        VirtioNetHdr::default(),
+    );
+    s.inj.send(&joined, VirtioNetHdr::default());
+    assert!(received(q, &joined), "a joined group's frame arrives");
+    assert!(
+        stats(&s.rig, 2, 0).rx_drop_mcast >= before + 2,
+        "frames for groups not joined (or left) are filtered"
+    );
     s.good.finish(3);
 }

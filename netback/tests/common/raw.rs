@@ -421,3 +421,26 @@ pub fn received(q: &mut RawQueue, frame: &[u8]) -> bool {
     }
     false
 }
+
+/// An extra-info slot (the union overlays a TX request).
+pub fn extra_slot(type_: u8, flags: u8, u: [u8; 6]) -> NetifTxRequest {
+    let extra = xen_abi::netif::NetifExtraInfo { type_, flags, u };
+    let mut slot = NetifTxRequest::default();
+    for (d, s) in slot.as_mut_bytes().iter_mut().zip(extra.as_bytes()) {
+        *d = *s;
+    }
+    slot
+}
+
+/// The union bytes of a GSO extra.
+pub fn gso_extra(size: u16, type_: u8) -> [u8; 6] {
+    let g = xen_abi::netif::NetifExtraGso {
+        size,
+        type_,
+        pad: 0,
+        features: 0,
+    };
+    let mut u = [0u8; 6];
+    u.copy_from_slice(g.as_bytes());
+    u
+}
