@@ -150,12 +150,14 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         self.rx_queue_bytes += frame.buf.len();
         self.rx_queue.push_back(frame);
         set(&self.stats.rx_queue_len, self.rx_queue.len() as u64);
+        set(&self.stats.rx_queue_bytes, self.rx_queue_bytes as u64);
     }
 
     fn rx_pop(&mut self) -> Option<RxFrame> {
         let f = self.rx_queue.pop_front()?;
         self.rx_queue_bytes = self.rx_queue_bytes.saturating_sub(f.buf.len());
         set(&self.stats.rx_queue_len, self.rx_queue.len() as u64);
+        set(&self.stats.rx_queue_bytes, self.rx_queue_bytes as u64);
         Some(f)
     }
 

@@ -72,6 +72,8 @@ counters! {
     rx_stalls,
     /// Packets waiting toward the guest now.
     rx_queue_len,
+    /// Bytes of those packets (bounded by the RX queue limit).
+    rx_queue_bytes,
     /// Unconsumed TX requests seen at the last pass.
     tx_ring_pending,
     /// RX buffers posted by the guest at the last pass.
