@@ -38,10 +38,7 @@ async fn bad_frontend_keys_are_refused() {
     let s = scene("keys", 3, NetbackConfig::default()).await;
     type Edit = fn(&mut FrontendKeys);
     let one = NetfrontOptions::default();
-    let two = NetfrontOptions {
-        queues: 2,
-        ..one
-    };
+    let two = NetfrontOptions { queues: 2, ..one };
     let cases: [(&str, NetfrontOptions, Edit); 10] = [
         ("no tx-ring-ref", one, |k| remove(k, "/tx-ring-ref")),
         ("a tx-ring-ref never granted", one, |k| {
@@ -54,7 +51,9 @@ async fn bad_frontend_keys_are_refused() {
             set(k, "/event-channel-tx", "4000")
         }),
         ("no request-rx-copy", one, |k| remove(k, "/request-rx-copy")),
-        ("request-rx-copy = 0", one, |k| set(k, "/request-rx-copy", "0")),
+        ("request-rx-copy = 0", one, |k| {
+            set(k, "/request-rx-copy", "0")
+        }),
         ("multi-queue-num-queues = 0", two, |k| {
             set(k, "/multi-queue-num-queues", "0")
         }),
@@ -88,7 +87,10 @@ async fn bad_frontend_keys_are_refused() {
             devid,
         );
         let error = xs.read_string(&format!("{be}/error")).await.unwrap();
-        assert!(!error.is_empty(), "{what}: the reason is written for the toolstack");
+        assert!(
+            !error.is_empty(),
+            "{what}: the reason is written for the toolstack"
+        );
     }
     // The guest's properly configured vif 0 still connects and works.
     let mut good = s
@@ -107,7 +109,11 @@ async fn frontend_key_floods_do_not_disturb_connected_vifs() {
         multicast_control: true,
         ..NetfrontOptions::default()
     };
-    let mut bad = s.rig.connect_raw(2, 0, opts, false, &mut |_| {}).await.unwrap();
+    let mut bad = s
+        .rig
+        .connect_raw(2, 0, opts, false, &mut |_| {})
+        .await
+        .unwrap();
     proves_alive(&mut bad.queues[0], &s.inj, 2, 1, 0);
     let gxs = s.rig.guests[2].domain.xenstore().await.unwrap();
     let dir = bad.dir.clone();
@@ -137,11 +143,8 @@ async fn frontend_key_floods_do_not_disturb_connected_vifs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_unplug_releases_everything_and_reconnect_uses_new_rings() {
-    let common::raw::Scene {
-        mut rig,
-        inj,
-        good,
-    } = scene("unplug", 3, NetbackConfig::default()).await;
+    let common::raw::Scene { mut rig, inj, good } =
+        scene("unplug", 3, NetbackConfig::default()).await;
     let mut bad = rig
         .connect_raw(2, 0, NetfrontOptions::default(), false, &mut |_| {})
         .await
@@ -166,7 +169,11 @@ async fn hot_unplug_releases_everything_and_reconnect_uses_new_rings() {
     assert!(rig.wait_backend_state(2, 0, XenbusState::Closed).await);
     let hv = rig.host.hypervisor();
     for r in refs {
-        assert_ne!(hv.grant_in_use(guest, r), Some(true), "ring ref {r} unmapped");
+        assert_ne!(
+            hv.grant_in_use(guest, r),
+            Some(true),
+            "ring ref {r} unmapped"
+        );
     }
     for p in ports {
         assert_ne!(hv.port_bound(guest, p), Some(true), "port {p} unbound");

@@ -95,10 +95,11 @@ pub struct Guest {
 pub struct Rig {
     pub host: Host,
     pub dd: Arc<SimPlatform>,
+    pub dd_creds: xen_sim::Credentials,
     pub dd_ns: Netns,
     pub guests: Vec<Guest>,
     pub stats: StatsRegistry,
-    pub backend_task: tokio::task::JoinHandle<()>,
+    pub backend_task: Option<tokio::task::JoinHandle<()>>,
     pub dir: tempfile::TempDir,
 }
 
@@ -109,6 +110,22 @@ pub fn mac_of(i: usize) -> String {
 /// A host, a network driver domain running netback in its own namespace with a bridge, and
 /// `guests` guests with their namespaces (not yet attached).
 pub async fn rig(tag: &str, guests: usize, config: NetbackConfig) -> Rig {
+    let mut rig = bare_rig(tag, guests).await;
+    let xs = rig.dd.domain().xenstore().await.unwrap();
+    let config = NetbackConfig {
+        netns: Some(rig.dd_ns.path()),
+        ..config
+    };
+    let backend = Backend::new(Arc::clone(&rig.dd), xs, config);
+    rig.stats = backend.stats();
+    rig.backend_task = Some(tokio::spawn(async move {
+        let _ = backend.run().await;
+    }));
+    rig
+}
+
+/// [`rig`] without a backend: the test runs netback itself (as a process of the driver domain).
+pub async fn bare_rig(tag: &str, guests: usize) -> Rig {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -118,19 +135,11 @@ pub async fn rig(tag: &str, guests: usize, config: NetbackConfig) -> Rig {
     let dd_ns = Netns::new(&format!("{tag}-dd"));
     dd_ns.ip(&["link", "add", "xenbr0", "type", "bridge"]);
     dd_ns.ip(&["link", "set", "xenbr0", "up"]);
-    let dd = Arc::new(SimPlatform::new(SimDomain::new(
-        host.create_domain("network-dd", 64).unwrap(),
-    )));
-    let xs = dd.domain().xenstore().await.unwrap();
-    let config = NetbackConfig {
-        netns: Some(dd_ns.path()),
-        ..config
-    };
-    let backend = Backend::new(Arc::clone(&dd), xs, config);
-    let stats = backend.stats();
-    let backend_task = tokio::spawn(async move {
-        let _ = backend.run().await;
-    });
+    let dd_creds = host.create_domain("network-dd", 64).unwrap();
+    // The driver domain lives on (its supervisor is this test) whatever its processes do.
+    let mut domain = SimDomain::new(dd_creds.clone());
+    domain.boot().unwrap();
+    let dd = Arc::new(SimPlatform::new(domain));
     let guests = (0..guests)
         .map(|i| Guest {
             domain: SimDomain::new(host.create_domain(&format!("guest{i}"), 4096).unwrap()),
@@ -143,10 +152,11 @@ pub async fn rig(tag: &str, guests: usize, config: NetbackConfig) -> Rig {
     Rig {
         host,
         dd,
+        dd_creds,
         dd_ns,
         guests,
-        stats,
-        backend_task,
+        stats: StatsRegistry::default(),
+        backend_task: None,
         dir,
     }
 }
@@ -290,6 +300,18 @@ pub fn tcp_transfer_between(
     port: u16,
     bytes: usize,
 ) -> (u64, u64, usize) {
+    tcp_transfer_counted(from, to, to_addr, port, bytes, None)
+}
+
+/// [`tcp_transfer_between`], counting received bytes into `progress` as they arrive.
+pub fn tcp_transfer_counted(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    to_addr: &str,
+    port: u16,
+    bytes: usize,
+    progress: Option<Arc<std::sync::atomic::AtomicUsize>>,
+) -> (u64, u64, usize) {
     let addr: SocketAddr = if to_addr.contains(':') {
         format!("[{to_addr}]:{port}")
     } else {
@@ -313,6 +335,9 @@ pub fn tcp_transfer_between(
             }
             h = fnv(&buf[..n], h);
             total += n;
+            if let Some(p) = &progress {
+                p.store(total, std::sync::atomic::Ordering::Release);
+            }
         }
         (h, total)
     });
