@@ -157,6 +157,10 @@ pub(crate) struct Worker<G: GrantMapper, E: EventChannel> {
     pub(crate) throttled_until: Option<Instant>,
     pub(crate) rx_queue: VecDeque<RxFrame>,
     pub(crate) rx_queue_bytes: usize,
+    /// The TAP queue is out of the epoll set while the RX queue is full (back-pressure: the
+    /// kernel holds further frames in the TAP device's own bounded queue, as Linux netback
+    /// stops its transmit queue).
+    pub(crate) tap_paused: bool,
     pub(crate) stalled: bool,
     pub(crate) last_rx_progress: Instant,
     pub(crate) read_buf: Vec<u8>,
@@ -253,6 +257,7 @@ where
         throttled_until: None,
         rx_queue: VecDeque::new(),
         rx_queue_bytes: 0,
+        tap_paused: false,
         stalled: false,
         last_rx_progress: now,
         read_buf: vec![0u8; xen_netif::vnet::VNET_HDR_LEN + 65536],
@@ -321,10 +326,30 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             self.rx_read_tap(now);
             self.rx_take_inbox(now);
             self.rx_deliver(Instant::now())?;
+            self.pause_tap_if_full(epoll);
             for port in fired {
                 let _ = self.evtchn.unmask(port);
             }
             busy = tx_more;
+        }
+    }
+
+    /// Takes the TAP queue out of the epoll set while the RX queue is full, and back when it
+    /// has room.
+    fn pause_tap_if_full(&mut self, epoll: &Epoll) {
+        let full = self.rx_queue_full();
+        if full == self.tap_paused {
+            return;
+        }
+        let flags = if full {
+            EpollFlags::empty()
+        } else {
+            EpollFlags::EPOLLIN
+        };
+        // SAFETY: the TAP queue is owned by `self`, which outlives `epoll`'s use here.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.tap.as_raw_fd()) };
+        if epoll.modify(fd, &mut EpollEvent::new(flags, 1)).is_ok() {
+            self.tap_paused = full;
         }
     }
 

@@ -37,6 +37,9 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
     /// Reads waiting frames from the TAP queue.
     pub(crate) fn rx_read_tap(&mut self, now: Instant) {
         for _ in 0..RX_READ_BUDGET {
+            if self.rx_queue_full() {
+                break;
+            }
             match self.tap.read(&mut self.read_buf) {
                 Ok(n) if n > VNET_HDR_LEN + xen_netif::ETH_HLEN => {
                     let buf = self.read_buf.get(..n).unwrap_or_default().to_vec();
@@ -139,11 +142,13 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             bump(&self.stats.rx_drop_stalled);
             return;
         }
-        if self.rx_queue.is_empty() {
-            // Nothing was waiting: the guest has not been keeping anything back.
+        if self.rx_queue.is_empty() && self.rx.unconsumed_requests().unwrap_or(0) > 0 {
+            // Nothing was waiting and the guest has buffers: it has not been keeping anything
+            // back. (Without buffers the stall clock runs from the last delivery, as Linux's
+            // `last_rx_time`, even while the drain timeout empties the queue.)
             self.last_rx_progress = now;
         }
-        if self.rx_queue_bytes + frame.buf.len() > self.spec.limits.queue_bytes {
+        if self.rx_queue_full() {
             bump(&self.stats.rx_drop_queue_full);
             return;
         }
@@ -151,6 +156,11 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         self.rx_queue.push_back(frame);
         set(&self.stats.rx_queue_len, self.rx_queue.len() as u64);
         set(&self.stats.rx_queue_bytes, self.rx_queue_bytes as u64);
+    }
+
+    /// Whether the RX queue is at its byte limit (it may pass it by at most one frame).
+    pub(crate) fn rx_queue_full(&self) -> bool {
+        self.rx_queue_bytes >= self.spec.limits.queue_bytes
     }
 
     fn rx_pop(&mut self) -> Option<RxFrame> {

@@ -221,6 +221,51 @@ async fn grant_copy_reports_status_per_segment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_copy_batches_larger_than_the_copy_buffer_are_split() {
+    let w = world("copybig").await;
+    let (ga, gb) = (w.a.grants().unwrap(), w.b.grants().unwrap());
+    let pages = ga.grant_pages(w.b.domid(), 4, true).unwrap();
+    let a = w.a.domid();
+    // 3000 page-sized segments (12 MiB, more than the 8 MiB copy buffer), spread over four
+    // pages; the last writer of each page wins.
+    let chunks: Vec<Vec<u8>> = (0..3000u32).map(|k| vec![(k % 251) as u8; 4096]).collect();
+    let mut ops: Vec<CopyOp<'_>> = chunks
+        .iter()
+        .enumerate()
+        .map(|(k, c)| CopyOp::ToGrant {
+            src: c,
+            dst: GrantPtr {
+                domid: a,
+                gref: pages.refs()[k % 4],
+                offset: 0,
+            },
+        })
+        .collect();
+    let mut st = vec![1i16; ops.len()];
+    gb.copy(&mut ops, &mut st).unwrap();
+    assert!(st.iter().all(|&s| s == status::OKAY));
+    for page in 0..4usize {
+        let last = (0..3000u32)
+            .rev()
+            .find(|k| *k as usize % 4 == page)
+            .unwrap();
+        let mut back = vec![0u8; 4096];
+        let mut ops = vec![CopyOp::FromGrant {
+            src: GrantPtr {
+                domid: a,
+                gref: pages.refs()[page],
+                offset: 0,
+            },
+            dst: &mut back,
+        }];
+        let mut st = vec![1i16];
+        gb.copy(&mut ops, &mut st).unwrap();
+        assert_eq!(st[0], status::OKAY);
+        assert_eq!(back, vec![(last % 251) as u8; 4096], "page {page}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_channels_mask_until_unmask_and_survive_peer_restart() {
     let w = world("evtchn").await;
     let (ea, eb) = (w.a.evtchn().unwrap(), w.b.evtchn().unwrap());

@@ -11,11 +11,12 @@ use xen_grant::{
     SharedMemory,
 };
 
+use super::copybuf::ClientCopyBuffer;
 use super::memory::{map_frames, Pages};
 use super::{Credentials, Error, HvConn};
 use crate::hv::proto::{CopySegment, Reply, Request};
 
-fn os(op: &'static str, e: Error) -> GrantError {
+pub(super) fn os(op: &'static str, e: Error) -> GrantError {
     let source = match e {
         Error::Io(io) => io,
         Error::Refused { errno, message } => {
@@ -33,6 +34,9 @@ pub struct SimGrants {
     memory: Mutex<HashMap<(DomId, bool), Arc<OwnedFd>>>,
     /// Our own memory descriptor, for the allocator side.
     own: Mutex<Option<Arc<OwnedFd>>>,
+    /// The connection's copy buffer: `None` until first used, then `Some(None)` if it could
+    /// not be set up (copies then carry their bytes in the messages).
+    copy_buffer: Mutex<Option<Option<ClientCopyBuffer>>>,
 }
 
 impl SimGrants {
@@ -41,6 +45,7 @@ impl SimGrants {
             conn: Arc::new(HvConn::open(creds, false)?),
             memory: Mutex::new(HashMap::new()),
             own: Mutex::new(None),
+            copy_buffer: Mutex::new(None),
         })
     }
 
@@ -187,6 +192,20 @@ impl GrantMapper for SimGrants {
                 op: "copy",
                 reason: "status slice length differs from ops",
             });
+        }
+        let mut buffer = self
+            .copy_buffer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let buffer = buffer.get_or_insert_with(|| match ClientCopyBuffer::register(&self.conn) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::debug!("no shared copy buffer, copies go through messages: {e}");
+                None
+            }
+        });
+        if let Some(buffer) = buffer {
+            return buffer.copy(&self.conn, ops, status);
         }
         let mut segments = Vec::with_capacity(ops.len());
         for op in ops.iter() {

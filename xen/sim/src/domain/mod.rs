@@ -6,6 +6,7 @@
 //! controller). [`SimDomain::boot`] binds the domain's life to this process: when it exits or
 //! is killed, the domain crashes and the host cleans up after it.
 
+mod copybuf;
 mod evtchn;
 mod grant;
 mod memory;
@@ -148,11 +149,20 @@ impl HvConn {
 
     /// One request and its reply.
     pub(crate) fn call(&self, request: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+        self.call_with_fds(request, &[])
+    }
+
+    /// One request sent with descriptors, and its reply.
+    pub(crate) fn call_with_fds(
+        &self,
+        request: &Request,
+        fds: &[std::os::fd::RawFd],
+    ) -> Result<(Reply, Vec<OwnedFd>)> {
         let stream = self
             .stream
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        send_frame(&stream, &encode(request)?, &[])?;
+        send_frame(&stream, &encode(request)?, fds)?;
         let (bytes, fds) = recv_frame(&stream)?;
         match decode::<Reply>(&bytes)? {
             Reply::Error { errno, message } => Err(Error::Refused { errno, message }),

@@ -22,7 +22,7 @@ fn grant_failure(status: i16, gref: GrantRef) -> Reply {
 impl State {
     /// Pins one grant of `granter` for `grantee`: checks the entry and sets the in-use bits with
     /// compare-and-swap, so a granter ending access concurrently sees it busy. Returns the frame.
-    fn pin(
+    pub(super) fn pin(
         &mut self,
         granter: DomId,
         gref: GrantRef,
@@ -68,7 +68,7 @@ impl State {
 
     /// Drops one pin; clears `GTF_writing`/`GTF_reading` when their counts reach zero, and
     /// finishes a deferred end-access.
-    fn unpin(&mut self, granter: DomId, gref: GrantRef, writable: bool) {
+    pub(super) fn unpin(&mut self, granter: DomId, gref: GrantRef, writable: bool) {
         let Some(dom) = self.domains.get_mut(&granter) else {
             return;
         };

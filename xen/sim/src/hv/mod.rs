@@ -10,6 +10,7 @@
 //! of others' grants are released, `@releaseDomain` fires and the toolstack's directory for it
 //! goes away.
 
+mod copybuf;
 mod domain;
 mod evtchn;
 mod grants;
@@ -288,6 +289,20 @@ impl Hypervisor {
     }
 
     /// Handles one request of connection `conn`.
+    /// `CopyGrantsBuffered` on connection `conn`, through its copy buffer.
+    pub(crate) fn copy_grants_buffered(
+        &self,
+        conn: ConnId,
+        segments: &[proto::BufferedSegment],
+        buffer: Option<&copybuf::CopyBuffer>,
+    ) -> Reply {
+        let mut state = self.lock();
+        let Some(domid) = state.conns.get(&conn).map(|c| c.domid) else {
+            return error(libc::ENOTCONN, "connection is closed");
+        };
+        state.copy_grants_buffered(domid, segments, buffer)
+    }
+
     pub(crate) fn handle(&self, conn: ConnId, request: Request) -> Answer {
         let domid = match self.lock().conns.get(&conn) {
             Some(c) => c.domid,

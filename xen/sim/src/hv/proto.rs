@@ -55,6 +55,23 @@ pub enum CopySegment {
     },
 }
 
+/// One grant-copy segment through the connection's copy buffer.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BufferedSegment {
+    /// Granting domain.
+    pub domid: DomId,
+    /// The grant.
+    pub gref: GrantRef,
+    /// Offset in the granted page.
+    pub offset: u16,
+    /// Bytes.
+    pub len: u16,
+    /// Copy into the granted page (else out of it).
+    pub to_grant: bool,
+    /// Where the bytes are (or go) in the copy buffer.
+    pub at: u32,
+}
+
 /// A request ("hypercall").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
@@ -94,6 +111,17 @@ pub enum Request {
     CopyGrants {
         /// The segments.
         segments: Vec<CopySegment>,
+    },
+    /// Share a copy buffer (a memfd sealed against shrinking, passed with the request) for
+    /// `CopyGrantsBuffered` on this connection.
+    RegisterCopyBuffer {
+        /// Its size in bytes.
+        len: u64,
+    },
+    /// Grant copy through the connection's copy buffer.
+    CopyGrantsBuffered {
+        /// The segments.
+        segments: Vec<BufferedSegment>,
     },
     /// Allocate pages of our memory and grant them to `remote` (the guest kernel's job).
     GrantPages {
@@ -197,6 +225,11 @@ pub enum Reply {
         status: Vec<i16>,
         /// Bytes read, per `FromGrant` segment.
         data: Vec<ByteBuf>,
+    },
+    /// Buffered copy results: `GNTST_*` per segment.
+    CopiedBuffered {
+        /// Status per segment.
+        status: Vec<i16>,
     },
     /// Pages granted.
     Granted {

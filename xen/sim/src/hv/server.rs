@@ -3,6 +3,7 @@
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
+use super::copybuf::CopyBuffer;
 use super::proto::{decode, encode, recv_frame, send_frame, Reply, Request};
 use super::{error, Hypervisor};
 
@@ -35,10 +36,12 @@ fn serve_connection(hv: &Hypervisor, stream: UnixStream) {
         hv.disconnect(conn);
         return;
     }
+    // The connection's copy buffer, once the client registers one.
+    let mut copy_buffer: Option<CopyBuffer> = None;
     loop {
-        let request = match recv_frame(&stream) {
-            Ok((bytes, _)) => match decode::<Request>(&bytes) {
-                Ok(r) => r,
+        let (request, fds) = match recv_frame(&stream) {
+            Ok((bytes, fds)) => match decode::<Request>(&bytes) {
+                Ok(r) => (r, fds),
                 Err(e) => {
                     tracing::warn!(
                         domid = hello.domid,
@@ -49,7 +52,19 @@ fn serve_connection(hv: &Hypervisor, stream: UnixStream) {
             },
             Err(_) => break,
         };
-        let answer = hv.handle(conn, request);
+        let answer = match request {
+            Request::RegisterCopyBuffer { len } => match CopyBuffer::register(fds, len) {
+                Ok(buffer) => {
+                    copy_buffer = Some(buffer);
+                    Reply::Ok.into()
+                }
+                Err(why) => error(libc::EINVAL, why).into(),
+            },
+            Request::CopyGrantsBuffered { segments } => hv
+                .copy_grants_buffered(conn, &segments, copy_buffer.as_ref())
+                .into(),
+            other => hv.handle(conn, other),
+        };
         if send(&stream, &answer.reply, &answer.fds).is_err() {
             break;
         }

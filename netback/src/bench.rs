@@ -1,0 +1,418 @@
+//! The netback benchmark: iperf3 between two guests of the simulated host through netback
+//! (each guest's Rust netfront exposing `eth0` in its own network namespace; netback's vifs on a
+//! bridge in the driver domain's namespace), against the same iperf3 over a plain veth pair
+//! between two namespaces in the same run: the limit.
+//!
+//! Each configuration (queues, offloads on or off) runs a TCP throughput test (one stream per
+//! queue) and a small-packet test (UDP, 64-byte payloads, unlimited rate). CPU is the whole
+//! machine's busy time from `/proc/stat` over the run (every process and the kernel), divided
+//! by the packets moved: full-size TCP segments of 1448 bytes for TCP, datagrams received for
+//! UDP. Needs root, iperf3, iproute2 and ethtool.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use xen_backend::Platform;
+use xen_sim::toolstack::{attach_device, DeviceSpec};
+use xen_sim::{Host, SimDomain};
+
+use crate::backend::Backend;
+use crate::device::NetbackConfig;
+
+/// Benchmark failures, as sentences.
+type Result<T> = std::result::Result<T, String>;
+
+/// A named network namespace, deleted on drop.
+struct Ns {
+    name: String,
+}
+
+impl Ns {
+    fn new(tag: &str) -> Result<Self> {
+        let name = format!("nbb-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        command("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        command("ip", &all)
+    }
+
+    fn exec(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        tap::netns_path(&self.name)
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn command(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e} (is it installed?)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Busy CPU seconds of the whole machine so far (every core, user and kernel).
+fn cpu_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let line = stat.lines().next().unwrap_or_default();
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    Ok(busy as f64 / hz as f64)
+}
+
+/// One measurement: rate and CPU per packet.
+#[derive(Debug, Clone, Copy)]
+struct Measure {
+    /// Bits per second (TCP) or packets per second (UDP).
+    rate: f64,
+    /// Busy CPU nanoseconds per packet.
+    cpu_ns: f64,
+}
+
+const TCP_SEGMENT: f64 = 1448.0;
+
+fn json_f64(v: &serde_json::Value, path: &[&str]) -> Result<f64> {
+    let mut at = v;
+    for p in path {
+        at = at
+            .get(p)
+            .ok_or_else(|| format!("iperf3 output lacks {}", path.join(".")))?;
+    }
+    at.as_f64()
+        .ok_or_else(|| format!("iperf3 output: {} is not a number", path.join(".")))
+}
+
+/// Runs iperf3 from `client` to `addr` in `server`; `udp_small` for the small-packet test.
+fn iperf(
+    client: &Ns,
+    server: &Ns,
+    addr: &str,
+    streams: u32,
+    seconds: u32,
+    udp_small: bool,
+) -> Result<Measure> {
+    let mut srv = server
+        .exec(&["iperf3", "-s", "-1", "-p", "5299"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start iperf3 (is it installed?): {e}"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (streams, seconds) = (streams.to_string(), seconds.to_string());
+    let mut args = vec![
+        "iperf3", "-c", addr, "-p", "5299", "-t", &seconds, "-P", &streams, "-J",
+    ];
+    if udp_small {
+        args.extend_from_slice(&["-u", "-b", "0", "-l", "64"]);
+    }
+    let cpu0 = cpu_busy_seconds()?;
+    let out = client
+        .exec(&args)
+        .output()
+        .map_err(|e| format!("iperf3: {e}"))?;
+    let cpu = cpu_busy_seconds()? - cpu0;
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "iperf3 printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+        return Err(format!("iperf3: {err}"));
+    }
+    if udp_small {
+        let packets = json_f64(&v, &["end", "sum", "packets"])?;
+        let lost = json_f64(&v, &["end", "sum", "lost_packets"])?;
+        let secs = json_f64(&v, &["end", "sum", "seconds"])?.max(1e-9);
+        let received = (packets - lost).max(1.0);
+        Ok(Measure {
+            rate: received / secs,
+            cpu_ns: cpu * 1e9 / received,
+        })
+    } else {
+        let bps = json_f64(&v, &["end", "sum_received", "bits_per_second"])?;
+        let secs = json_f64(&v, &["end", "sum_received", "seconds"])?.max(1e-9);
+        let segments = (bps * secs / 8.0 / TCP_SEGMENT).max(1.0);
+        Ok(Measure {
+            rate: bps,
+            cpu_ns: cpu * 1e9 / segments,
+        })
+    }
+}
+
+/// The limit: two namespaces joined by a veth pair.
+fn veth_pair(queues: u32, offloads: bool) -> Result<(Ns, Ns)> {
+    let a = Ns::new("va")?;
+    let b = Ns::new("vb")?;
+    let q = queues.to_string();
+    command(
+        "ip",
+        &[
+            "link",
+            "add",
+            "nbbva",
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "netns",
+            &a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "nbbvb",
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "netns",
+            &b.name,
+        ],
+    )?;
+    for (ns, dev, addr) in [(&a, "nbbva", "10.77.0.1/24"), (&b, "nbbvb", "10.77.0.2/24")] {
+        ns.ip(&["addr", "add", addr, "dev", dev])?;
+        ns.ip(&["link", "set", dev, "up"])?;
+        if !offloads {
+            let out = ns
+                .exec(&[
+                    "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off",
+                    "rx", "off", "sg", "off",
+                ])
+                .output()
+                .map_err(|e| format!("cannot run ethtool (apt-get install ethtool): {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ethtool -K {dev}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+    }
+    Ok((a, b))
+}
+
+/// Two guests talking through netback on a fresh simulated host.
+struct NetbackPair {
+    _fronts: Vec<netfront::Netfront>,
+    guests: Vec<Ns>,
+    _dd_ns: Ns,
+    backend: tokio::task::JoinHandle<()>,
+    _host: Host,
+}
+
+impl Drop for NetbackPair {
+    fn drop(&mut self) {
+        self.backend.abort();
+    }
+}
+
+async fn netback_pair(dir: &Path, queues: u32, offloads: bool) -> Result<NetbackPair> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let host = Host::start(&dir.join("run")).await.map_err(|x| e(&x))?;
+    let dd_ns = Ns::new("dd")?;
+    dd_ns.ip(&["link", "add", "xenbr0", "type", "bridge"])?;
+    dd_ns.ip(&["link", "set", "xenbr0", "up"])?;
+    let mut domain = SimDomain::new(host.create_domain("network-dd", 64).map_err(|x| e(&x))?);
+    domain.boot().map_err(|x| e(&x))?;
+    let dd = Arc::new(xen_backend::SimPlatform::new(domain));
+    let xs = dd.domain().xenstore().await.map_err(|x| e(&x))?;
+    let config = NetbackConfig {
+        netns: Some(dd_ns.path()),
+        ..NetbackConfig::default()
+    };
+    let backend = Backend::new(Arc::clone(&dd), xs, config);
+    let backend = tokio::spawn(async move {
+        let _ = backend.run().await;
+    });
+    let host_xs = xen_store::Xs::connect_unix(&host.xenstored_socket())
+        .await
+        .map_err(|x| e(&x))?;
+    let mut fronts = Vec::new();
+    let mut guests = Vec::new();
+    for i in 0..2u8 {
+        let guest = SimDomain::new(
+            host.create_domain(&format!("guest{i}"), 4096)
+                .map_err(|x| e(&x))?,
+        );
+        let ns = Ns::new(&format!("g{i}"))?;
+        let mac = format!("00:16:3e:00:00:{:02x}", i + 1);
+        attach_device(
+            &host_xs,
+            &DeviceSpec {
+                kind: "vif".into(),
+                backend: dd.domid(),
+                frontend: guest.domid(),
+                devid: 0,
+                backend_keys: vec![
+                    ("mac".into(), mac.clone()),
+                    ("bridge".into(), "xenbr0".into()),
+                    ("script".into(), "vif-bridge".into()),
+                ],
+                frontend_keys: vec![("mac".into(), mac), ("handle".into(), "0".into())],
+            },
+        )
+        .await
+        .map_err(|x| e(&x))?;
+        let xs = guest.xenstore().await.map_err(|x| e(&x))?;
+        let grants = guest.grants().map_err(|x| e(&x))?;
+        let dir = xen_store::path::frontend_path(guest.domid(), "vif", 0);
+        let opts = netfront::NetfrontOptions {
+            queues,
+            sg: offloads,
+            gso: offloads,
+            csum: offloads,
+            ipv6_csum: offloads,
+            ..netfront::NetfrontOptions::default()
+        };
+        let front = netfront::connect(
+            &xs,
+            &dir,
+            &grants,
+            || {
+                guest
+                    .evtchn()
+                    .map_err(|x| std::io::Error::other(x.to_string()))
+            },
+            "eth0",
+            Some(&ns.path()),
+            opts,
+        )
+        .await
+        .map_err(|x| e(&x))?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("10.78.0.{}/24", i + 1),
+            "dev",
+            "eth0",
+        ])?;
+        fronts.push(front);
+        guests.push(ns);
+    }
+    // Let the bridge learn both guests before measuring.
+    let ping = guests.first().map(|g| {
+        g.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.78.0.2"])
+            .output()
+    });
+    if !matches!(ping, Some(Ok(ref o)) if o.status.success()) {
+        return Err("the two guests cannot reach each other through netback".into());
+    }
+    Ok(NetbackPair {
+        _fronts: fronts,
+        guests,
+        _dd_ns: dd_ns,
+        backend,
+        _host: host,
+    })
+}
+
+/// Runs each configuration (`queues` x `offloads`) and prints a table to `out`.
+pub async fn run(
+    dir: &Path,
+    seconds: u32,
+    queue_counts: &[u32],
+    offload_settings: &[bool],
+    out: &mut dyn Write,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let w = |e: std::io::Error| e.to_string();
+    writeln!(
+        out,
+        "netback on the simulated host vs a veth pair, iperf3 {seconds} s per run; CPU = whole machine busy time per packet"
+    )
+    .map_err(w)?;
+    writeln!(
+        out,
+        "{:<9} {:>2} {:<8}  {:>11} {:>9}  {:>11} {:>9}  {:>6}",
+        "test", "q", "offloads", "veth", "veth ns/p", "netback", "ours ns/p", "ratio"
+    )
+    .map_err(w)?;
+    for &offloads in offload_settings {
+        for &queues in queue_counts {
+            let (a, b) = veth_pair(queues, offloads)?;
+            let veth_tcp = iperf(&a, &b, "10.77.0.2", queues, seconds, false)?;
+            let veth_udp = iperf(&a, &b, "10.77.0.2", queues, seconds, true)?;
+            drop((a, b));
+            let pair = netback_pair(dir, queues, offloads).await?;
+            let (g0, g1) = match pair.guests.as_slice() {
+                [g0, g1] => (g0, g1),
+                _ => return Err("two guests expected".into()),
+            };
+            let ours_tcp = iperf(g0, g1, "10.78.0.2", queues, seconds, false)?;
+            let ours_udp = iperf(g0, g1, "10.78.0.2", queues, seconds, true)?;
+            drop(pair);
+            let label = if offloads { "on" } else { "off" };
+            writeln!(
+                out,
+                "{:<9} {:>2} {:<8}  {:>6.2} Gb/s {:>9.0}  {:>6.2} Gb/s {:>9.0}  {:>6.2}",
+                "tcp",
+                queues,
+                label,
+                veth_tcp.rate / 1e9,
+                veth_tcp.cpu_ns,
+                ours_tcp.rate / 1e9,
+                ours_tcp.cpu_ns,
+                ours_tcp.rate / veth_tcp.rate
+            )
+            .map_err(w)?;
+            writeln!(
+                out,
+                "{:<9} {:>2} {:<8}  {:>7.0} p/s {:>9.0}  {:>7.0} p/s {:>9.0}  {:>6.2}",
+                "udp 64B",
+                queues,
+                label,
+                veth_udp.rate,
+                veth_udp.cpu_ns,
+                ours_udp.rate,
+                ours_udp.cpu_ns,
+                ours_udp.rate / veth_udp.rate
+            )
+            .map_err(w)?;
+        }
+    }
+    Ok(())
+}

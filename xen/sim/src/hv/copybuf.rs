@@ -1,0 +1,157 @@
+//! A connection's copy buffer: a sealed memfd the client shares with the hypervisor so that
+//! grant copies move their bytes through shared memory instead of the socket (one copy on each
+//! side, as a real hypervisor does one), while the hypervisor still validates and performs
+//! every copy itself.
+//!
+//! The client may write the buffer at any time; the hypervisor reads and writes it only through
+//! raw byte copies, where racing writes can only yield arbitrary bytes. The memfd must be
+//! sealed against shrinking, so that a client cannot truncate it under the hypervisor (SIGBUS).
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use memmap2::MmapRaw;
+use xen_abi::grant_table::status;
+use xen_abi::{DomId, PAGE_SIZE};
+
+use super::proto::{BufferedSegment, Reply};
+use super::{error, State};
+
+/// Largest copy buffer a client may register.
+pub const MAX_COPY_BUFFER: u64 = 64 << 20;
+
+/// A registered copy buffer.
+pub(crate) struct CopyBuffer {
+    map: MmapRaw,
+}
+
+impl CopyBuffer {
+    /// Maps the buffer passed with `RegisterCopyBuffer`, after checking its seal and size.
+    pub(crate) fn register(fds: Vec<OwnedFd>, len: u64) -> Result<Self, String> {
+        let mut fds = fds.into_iter();
+        let (Some(fd), None) = (fds.next(), fds.next()) else {
+            return Err("exactly one descriptor must come with the copy buffer".into());
+        };
+        if len == 0 || len > MAX_COPY_BUFFER {
+            return Err(format!(
+                "a copy buffer holds 1..={MAX_COPY_BUFFER} bytes, not {len}"
+            ));
+        }
+        let seals = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GET_SEALS)
+            .map_err(|e| format!("the copy buffer is not a sealable memfd: {e}"))?;
+        if seals & libc::F_SEAL_SHRINK == 0 {
+            return Err("the copy buffer must be sealed against shrinking".into());
+        }
+        let file = File::from(fd);
+        let size = file.metadata().map_err(|e| e.to_string())?.len();
+        if size < len {
+            return Err(format!("the copy buffer has {size} bytes, not {len}"));
+        }
+        let map = MmapRaw::map_raw(&file).map_err(|e| e.to_string())?;
+        if (map.len() as u64) < len {
+            return Err("the copy buffer mapping is short".into());
+        }
+        Ok(Self { map })
+    }
+
+    /// The buffer's bytes `at..at + len`, if inside it.
+    fn range(&self, at: u32, len: usize) -> Option<*mut u8> {
+        let at = at as usize;
+        (at.checked_add(len)? <= self.map.len()).then(|| self.map.as_mut_ptr().wrapping_add(at))
+    }
+}
+
+impl State {
+    /// Grant copy between granted pages and the connection's copy buffer.
+    pub(crate) fn copy_grants_buffered(
+        &mut self,
+        grantee: DomId,
+        segments: &[BufferedSegment],
+        buffer: Option<&CopyBuffer>,
+    ) -> Reply {
+        let Some(buffer) = buffer else {
+            return error(libc::EINVAL, "no copy buffer registered on this connection");
+        };
+        if segments.len() > 4096 {
+            return error(libc::EINVAL, "at most 4096 copy segments per batch");
+        }
+        let mut statuses = Vec::with_capacity(segments.len());
+        for seg in segments {
+            let len = usize::from(seg.len);
+            let writing = seg.to_grant;
+            let Some(local) = buffer.range(seg.at, len) else {
+                statuses.push(status::BAD_COPY_ARG);
+                continue;
+            };
+            if usize::from(seg.offset) + len > PAGE_SIZE {
+                statuses.push(status::BAD_COPY_ARG);
+                continue;
+            }
+            let frame = match self.pin(seg.domid, seg.gref, grantee, writing) {
+                Ok(f) => f,
+                Err(st) => {
+                    statuses.push(st);
+                    continue;
+                }
+            };
+            match self.domains.get(&seg.domid).and_then(|d| d.page(frame)) {
+                Some(page) => {
+                    let remote = page.wrapping_add(usize::from(seg.offset));
+                    let (from, to) = if writing {
+                        (local.cast_const(), remote)
+                    } else {
+                        (remote.cast_const(), local)
+                    };
+                    // SAFETY: `remote` lies within one page of the granting domain's memory
+                    // (offset + len <= PAGE_SIZE, checked) and `local` within the mapped copy
+                    // buffer (checked by `range`); the two mappings are distinct. Both sides
+                    // may be written concurrently by their owners, which can only yield
+                    // arbitrary bytes (u8 has no invalid values).
+                    unsafe { std::ptr::copy(from, to, len) };
+                    statuses.push(status::OKAY);
+                }
+                None => statuses.push(status::BAD_PAGE),
+            }
+            self.unpin(seg.domid, seg.gref, writing);
+        }
+        Reply::CopiedBuffered { status: statuses }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memfd(len: u64, seal: bool) -> OwnedFd {
+        let fd = nix::sys::memfd::memfd_create(
+            c"copybuf-test",
+            nix::sys::memfd::MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )
+        .unwrap();
+        let file = File::from(fd);
+        file.set_len(len).unwrap();
+        if seal {
+            nix::fcntl::fcntl(
+                file.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_SHRINK),
+            )
+            .unwrap();
+        }
+        OwnedFd::from(file)
+    }
+
+    #[test]
+    fn only_sealed_buffers_of_sane_size_are_taken() {
+        assert!(CopyBuffer::register(vec![memfd(8192, false)], 8192).is_err());
+        assert!(CopyBuffer::register(vec![memfd(4096, true)], 8192).is_err());
+        assert!(CopyBuffer::register(vec![], 8192).is_err());
+        assert!(CopyBuffer::register(vec![memfd(8192, true), memfd(8192, true)], 8192).is_err());
+        assert!(CopyBuffer::register(vec![memfd(8192, true)], 0).is_err());
+        assert!(CopyBuffer::register(vec![memfd(8192, true)], MAX_COPY_BUFFER + 1).is_err());
+        let b = CopyBuffer::register(vec![memfd(8192, true)], 8192).unwrap();
+        assert!(b.range(0, 8192).is_some());
+        assert!(b.range(4096, 4096).is_some());
+        assert!(b.range(4097, 4096).is_none());
+        assert!(b.range(u32::MAX, 2).is_none());
+    }
+}
