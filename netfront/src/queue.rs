@@ -18,7 +18,7 @@ use xen_abi::netif::{
 use xen_abi::{Port, PAGE_SIZE};
 use xen_evtchn::EventChannel;
 use xen_grant::GrantedPages;
-use xen_netif::csum::setup_partial;
+use xen_netif::csum::partial_of;
 use xen_netif::vnet::{
     VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN,
 };
@@ -94,9 +94,26 @@ pub(crate) fn read_page(
     Some(out)
 }
 
-/// A received packet being assembled from its slots.
+/// Pages a frame of up to 64 KiB can take.
+const MAX_FRAME_PAGES: usize = 17;
+
+/// A frame read from the TAP device straight into TX buffer pages, waiting for ring room.
+struct Staged {
+    /// Buffer pages holding the frame, in order.
+    ids: Vec<u16>,
+    /// Frame bytes.
+    len: usize,
+    /// The frame's virtio header.
+    hdr: VirtioNetHdr,
+}
+
+/// A received packet being assembled from its slots (its bytes stay in the RX buffer pages
+/// until it is written to the TAP device, unless the pages must be posted again first).
 struct RxPartial {
-    frame: Vec<u8>,
+    /// Bytes already taken out of reposted pages.
+    owned: Vec<u8>,
+    /// (buffer page, offset, length) of the slots still in their pages.
+    slots: Vec<(usize, usize, usize)>,
     hdr: VirtioNetHdr,
     extras_pending: bool,
     more_data: bool,
@@ -108,11 +125,10 @@ struct Queue<P: GrantedPages, E: EventChannel> {
     tap: TapQueue,
     negotiated: Negotiated,
     tx_free: Vec<u16>,
-    tx_pending: Option<Vec<u8>>,
+    tx_pending: Option<Staged>,
     rx_req_prod: u32,
     rx_cons: u32,
     rx_partial: Option<RxPartial>,
-    read_buf: Vec<u8>,
 }
 
 /// Runs a queue until `stop` is readable.
@@ -134,7 +150,6 @@ pub(crate) fn run_queue<P, E>(
         rx_req_prod: 0,
         rx_cons: 0,
         rx_partial: None,
-        read_buf: vec![0u8; VNET_HDR_LEN + 65536],
     };
     let Ok(epoll) = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) else {
         return;
@@ -239,22 +254,20 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
         let mut pushed = false;
         for _ in 0..RING_SLOTS {
             if self.tx_pending.is_none() {
-                match self.tap.read(&mut self.read_buf) {
-                    Ok(n) if n > VNET_HDR_LEN => {
-                        self.tx_pending = self.read_buf.get(..n).map(<[u8]>::to_vec);
-                    }
-                    Ok(_) => continue,
-                    Err(_) => break,
+                match self.tx_read() {
+                    Ok(Some(staged)) => self.tx_pending = Some(staged),
+                    Ok(None) => continue,
+                    Err(()) => break,
                 }
             }
-            let Some(buf) = self.tx_pending.take() else {
+            let Some(staged) = self.tx_pending.take() else {
                 break;
             };
-            match self.tx_one(&buf) {
+            match self.tx_one(&staged) {
                 Some(true) => pushed = true,
-                Some(false) => {}
+                Some(false) => self.tx_free.extend_from_slice(&staged.ids),
                 None => {
-                    self.tx_pending = Some(buf); // no room yet
+                    self.tx_pending = Some(staged); // no room yet
                     break;
                 }
             }
@@ -264,28 +277,65 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
         }
     }
 
-    /// Queues one frame: `None` if there is no room now, `Some(false)` if it was dropped.
-    fn tx_one(&mut self, buf: &[u8]) -> Option<bool> {
-        let hdr = VirtioNetHdr::read_from_prefix(buf)
-            .map(|(h, _)| h)
-            .unwrap_or_default();
-        let frame = buf.get(VNET_HDR_LEN..).unwrap_or_default();
-        let chunks: Vec<&[u8]> = frame.chunks(PAGE_SIZE).collect();
+    /// Reads one frame from the TAP device straight into free TX buffer pages: `Err` when
+    /// there is no frame or no room, `Ok(None)` for a runt.
+    fn tx_read(&mut self) -> Result<Option<Staged>, ()> {
+        if self.tx_free.len() < MAX_FRAME_PAGES {
+            return Err(());
+        }
+        let ids = self.tx_free.split_off(self.tx_free.len() - MAX_FRAME_PAGES);
+        let mut hdr = VirtioNetHdr::default();
+        let read = {
+            let mut iov = Vec::with_capacity(MAX_FRAME_PAGES + 1);
+            iov.push(std::io::IoSliceMut::new(hdr.as_mut_bytes()));
+            for &id in &ids {
+                match page_ptr(&self.parts.tx_pool, usize::from(id)) {
+                    // SAFETY: a whole page of our TX pool that is free: no request names it,
+                    // so the backend does not read it, and nothing else here refers to it.
+                    Some(p) => iov.push(std::io::IoSliceMut::new(unsafe {
+                        std::slice::from_raw_parts_mut(p, PAGE_SIZE)
+                    })),
+                    None => break,
+                }
+            }
+            self.tap.read_vectored(&mut iov)
+        };
+        let n = match read {
+            Ok(n) => n,
+            Err(_) => {
+                self.tx_free.extend_from_slice(&ids);
+                return Err(());
+            }
+        };
+        let len = n.saturating_sub(VNET_HDR_LEN);
+        let used = len.div_ceil(PAGE_SIZE).min(ids.len());
+        self.tx_free
+            .extend_from_slice(ids.get(used..).unwrap_or_default());
+        let ids = ids.get(..used).unwrap_or_default().to_vec();
+        if len == 0 {
+            self.tx_free.extend_from_slice(&ids);
+            return Ok(None);
+        }
+        Ok(Some(Staged { ids, len, hdr }))
+    }
+
+    /// Queues one staged frame: `None` if there is no room now, `Some(false)` if it was
+    /// dropped (its pages are then the caller's to free).
+    fn tx_one(&mut self, staged: &Staged) -> Option<bool> {
+        let hdr = staged.hdr;
         let gso = match hdr.gso_type & !xen_netif::vnet::GSO_ECN {
             GSO_NONE => None,
             GSO_TCPV4 if self.negotiated.gso_tx => Some(XEN_NETIF_GSO_TYPE_TCPV4),
             GSO_TCPV6 if self.negotiated.gso_tx => Some(XEN_NETIF_GSO_TYPE_TCPV6),
             _ => return Some(false),
         };
-        if frame.len() > xen_abi::netif::XEN_NETIF_MAX_TX_SIZE
-            || (chunks.len() > 1 && !self.negotiated.sg)
+        let pages = staged.ids.len();
+        if staged.len > xen_abi::netif::XEN_NETIF_MAX_TX_SIZE || (pages > 1 && !self.negotiated.sg)
         {
             return Some(false);
         }
-        let slots = chunks.len() + usize::from(gso.is_some());
-        if self.tx_free.len() < chunks.len()
-            || (self.parts.tx_ring.free_requests() as usize) < slots
-        {
+        let slots = pages + usize::from(gso.is_some());
+        if (self.parts.tx_ring.free_requests() as usize) < slots {
             return None;
         }
         let mut flags = 0;
@@ -294,18 +344,20 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
         } else if hdr.flags & F_DATA_VALID != 0 {
             flags |= NETTXF_DATA_VALIDATED;
         }
-        for (i, chunk) in chunks.iter().enumerate() {
-            let id = self.tx_free.pop()?;
-            write_page(&self.parts.tx_pool, usize::from(id), 0, chunk);
+        for (i, &id) in staged.ids.iter().enumerate() {
             let gref = *self.parts.tx_pool.refs().get(usize::from(id))?;
             let mut f = if i == 0 { flags } else { 0 };
-            if i + 1 < chunks.len() {
+            if i + 1 < pages {
                 f |= NETTXF_MORE_DATA;
             }
             if i == 0 && gso.is_some() {
                 f |= NETTXF_EXTRA_INFO;
             }
-            let size = if i == 0 { frame.len() } else { chunk.len() };
+            let size = if i == 0 {
+                staged.len
+            } else {
+                (staged.len - i * PAGE_SIZE).min(PAGE_SIZE)
+            };
             let req = NetifTxRequest {
                 gref,
                 offset: 0,
@@ -353,6 +405,15 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
             }
         }
         if consumed {
+            // A packet still arriving keeps its bytes: its pages are about to be posted again.
+            if let Some(p) = self.rx_partial.as_mut() {
+                for (index, offset, len) in p.slots.drain(..) {
+                    match read_page(&self.parts.rx_pool, index, offset, len) {
+                        Some(d) => p.owned.extend_from_slice(&d),
+                        None => p.bad = true,
+                    }
+                }
+            }
             self.post_rx();
         }
         Ok(())
@@ -372,9 +433,6 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
             }
             p.extras_pending = extra.flags & XEN_NETIF_EXTRA_FLAG_MORE != 0;
         } else {
-            let data = usize::try_from(rsp.status).ok().and_then(|len| {
-                read_page(&self.parts.rx_pool, index, usize::from(rsp.offset), len)
-            });
             let p = self.rx_partial.get_or_insert_with(|| {
                 let mut hdr = VirtioNetHdr::default();
                 if rsp.flags & NETRXF_CSUM_BLANK != 0 {
@@ -383,16 +441,19 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
                     hdr.flags = F_DATA_VALID;
                 }
                 RxPartial {
-                    frame: Vec::new(),
+                    owned: Vec::new(),
+                    slots: Vec::new(),
                     hdr,
                     extras_pending: rsp.flags & NETRXF_EXTRA_INFO != 0,
                     more_data: true,
                     bad: false,
                 }
             });
-            match data {
-                Some(d) => p.frame.extend_from_slice(&d),
-                None => p.bad = true,
+            match usize::try_from(rsp.status) {
+                Ok(len) if usize::from(rsp.offset) + len <= PAGE_SIZE => {
+                    p.slots.push((index, usize::from(rsp.offset), len));
+                }
+                _ => p.bad = true,
             }
             p.more_data = rsp.flags & NETRXF_MORE_DATA != 0;
         }
@@ -401,34 +462,54 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
             .as_ref()
             .is_some_and(|p| !p.extras_pending && !p.more_data)
         {
-            if let Some(mut p) = self.rx_partial.take() {
+            if let Some(p) = self.rx_partial.take() {
                 if !p.bad {
-                    self.rx_deliver(&mut p.frame, &mut p.hdr);
+                    self.rx_deliver(p);
                 }
             }
         }
     }
 
-    fn rx_deliver(&mut self, frame: &mut [u8], hdr: &mut VirtioNetHdr) {
+    /// Writes a received packet to the TAP device, straight from the RX buffer pages.
+    fn rx_deliver(&mut self, p: RxPartial) {
+        let pages: Vec<&[u8]> = p
+            .slots
+            .iter()
+            .filter_map(|&(index, offset, len)| {
+                let base = page_ptr(&self.parts.rx_pool, index)?;
+                // SAFETY: `offset + len <= PAGE_SIZE` (checked when the slot arrived) within a
+                // page of our RX pool, which is not posted again before this write returns.
+                Some(unsafe { std::slice::from_raw_parts(base.wrapping_add(offset), len) })
+            })
+            .collect();
+        let mut hdr = p.hdr;
         if hdr.flags & F_NEEDS_CSUM != 0 || hdr.gso_type != GSO_NONE {
-            match setup_partial(frame) {
-                Some(p) => {
-                    hdr.flags = F_NEEDS_CSUM;
-                    hdr.csum_start = p.start as u16;
-                    hdr.csum_offset = p.offset as u16;
-                    if hdr.gso_type != GSO_NONE {
-                        let doff = frame
-                            .get(p.start + 12)
-                            .map_or(20, |b| usize::from(b >> 4) * 4);
-                        hdr.hdr_len = (p.start + doff) as u16;
-                    }
-                }
-                None => return,
+            // The checksum field already holds the pseudo-header sum (Linux netfront's
+            // `checksum_setup` without recalculation); find where it is from the headers.
+            let head: &[u8] = if p.owned.is_empty() {
+                pages.first().copied().unwrap_or_default()
+            } else {
+                &p.owned
+            };
+            let Some(partial) = partial_of(head) else {
+                return;
+            };
+            hdr.flags = F_NEEDS_CSUM;
+            hdr.csum_start = partial.start as u16;
+            hdr.csum_offset = partial.offset as u16;
+            if hdr.gso_type != GSO_NONE {
+                let doff = head
+                    .get(partial.start + 12)
+                    .map_or(20, |b| usize::from(b >> 4) * 4);
+                hdr.hdr_len = (partial.start + doff) as u16;
             }
         }
-        let _ = self.tap.write(&[
-            std::io::IoSlice::new(hdr.as_bytes()),
-            std::io::IoSlice::new(frame),
-        ]);
+        let mut iov = Vec::with_capacity(pages.len() + 2);
+        iov.push(std::io::IoSlice::new(hdr.as_bytes()));
+        if !p.owned.is_empty() {
+            iov.push(std::io::IoSlice::new(&p.owned));
+        }
+        iov.extend(pages.iter().map(|d| std::io::IoSlice::new(d)));
+        let _ = self.tap.write(&iov);
     }
 }

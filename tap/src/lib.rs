@@ -100,6 +100,11 @@ impl TapQueue {
         nix::unistd::read(self.fd.as_raw_fd(), buf).map_err(io::Error::from)
     }
 
+    /// Reads one frame scattered over several buffers (non-blocking).
+    pub fn read_vectored(&self, bufs: &mut [std::io::IoSliceMut<'_>]) -> io::Result<usize> {
+        nix::sys::uio::readv(&self.fd, bufs).map_err(io::Error::from)
+    }
+
     /// Writes one frame from several pieces.
     pub fn write(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
         nix::sys::uio::writev(&self.fd, parts).map_err(io::Error::from)

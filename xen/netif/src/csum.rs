@@ -188,6 +188,19 @@ pub fn setup_partial(frame: &mut [u8]) -> Option<Partial> {
     })
 }
 
+/// Where a TCP or UDP frame's checksum goes, leaving the frame as it is (its checksum field
+/// already holds the pseudo-header sum, as a peer that offloads checksums leaves it). `frame`
+/// may be only the frame's first bytes, as long as they hold the headers.
+pub fn partial_of(frame: &[u8]) -> Option<Partial> {
+    let l4 = locate_l4(frame)?;
+    let offset = l4.csum_field()?;
+    let at = l4.offset.checked_add(offset)?;
+    (at + 2 <= frame.len()).then_some(Partial {
+        start: l4.offset,
+        offset,
+    })
+}
+
 /// Completes a partial checksum in software: sums from `start` to the end of the frame (the
 /// field holds the pseudo-header seed) and stores the complement. False if out of bounds.
 pub fn complete_partial(frame: &mut [u8], partial: Partial, udp: bool) -> bool {
