@@ -352,10 +352,16 @@ impl<P: Platform> Device<P> {
                 reattach,
             };
             let evtchn = self.platform.evtchn().map_err(|e| e.to_string())?;
+            // A grant handle per queue, as an event channel: queues copy in parallel.
+            let queue_grants = if q == 0 {
+                Arc::clone(&grants)
+            } else {
+                self.platform.grants().map_err(|e| e.to_string())?
+            };
             let stats = Arc::new(QueueStats::default());
             let started = start_queue(
                 spec,
-                Arc::clone(&grants),
+                queue_grants,
                 evtchn,
                 tap,
                 Arc::clone(&shared),

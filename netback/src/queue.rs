@@ -164,7 +164,14 @@ pub(crate) struct Worker<G: GrantMapper, E: EventChannel> {
     pub(crate) stalled: bool,
     pub(crate) last_rx_progress: Instant,
     pub(crate) read_buf: Vec<u8>,
+    /// TX packet buffers kept for reuse (at most `TX_SPARE_BUFFERS`).
+    pub(crate) tx_spare: Vec<Vec<u8>>,
+    /// Full-size RX read buffers kept for reuse (at most `RX_SPARE_BUFFERS`).
+    pub(crate) rx_spare: Vec<Vec<u8>>,
 }
+
+/// Size of a TAP read buffer: a virtio header and the largest frame.
+pub(crate) const READ_BUF_LEN: usize = xen_netif::vnet::VNET_HDR_LEN + 65536;
 
 /// A malicious ring: the vif is disabled.
 #[derive(Debug)]
@@ -260,7 +267,9 @@ where
         tap_paused: false,
         stalled: false,
         last_rx_progress: now,
-        read_buf: vec![0u8; xen_netif::vnet::VNET_HDR_LEN + 65536],
+        read_buf: vec![0u8; READ_BUF_LEN],
+        tx_spare: Vec::new(),
+        rx_spare: Vec::new(),
     };
     // The thread keeps the signals (whose stop descriptor is in its epoll) alive.
     let theirs = signals.clone();

@@ -18,7 +18,7 @@ use xen_netif::tx::GsoKind;
 use xen_netif::vnet::{HostGso, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM, VNET_HDR_LEN};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::queue::{Fatal, Worker};
+use crate::queue::{Fatal, Worker, READ_BUF_LEN};
 use crate::shared::RxFrame;
 use crate::stats::{add, bump, set};
 
@@ -26,6 +26,10 @@ use crate::stats::{add, bump, set};
 const RX_READ_BUDGET: usize = 128;
 /// Frames delivered per grant-copy call.
 const RX_BATCH: usize = 64;
+/// Frames at least this large move in the read buffer they were read into.
+const LARGE_FRAME: usize = 16 << 10;
+/// Read buffers a queue keeps for reuse.
+const RX_SPARE_BUFFERS: usize = 8;
 
 fn header(buf: &[u8]) -> VirtioNetHdr {
     VirtioNetHdr::read_from_prefix(buf)
@@ -42,7 +46,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             }
             match self.tap.read(&mut self.read_buf) {
                 Ok(n) if n > VNET_HDR_LEN + xen_netif::ETH_HLEN => {
-                    let buf = self.read_buf.get(..n).unwrap_or_default().to_vec();
+                    let buf = self.take_read(n);
                     self.rx_admit(buf, now);
                 }
                 Ok(_) => continue,
@@ -52,6 +56,29 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                     break;
                 }
             }
+        }
+    }
+
+    /// The `n` bytes just read: a large frame keeps the read buffer itself (a spare takes its
+    /// place), a small one is copied out at its own size.
+    fn take_read(&mut self, n: usize) -> Vec<u8> {
+        if n < LARGE_FRAME {
+            return self.read_buf.get(..n).unwrap_or_default().to_vec();
+        }
+        let spare = self
+            .rx_spare
+            .pop()
+            .unwrap_or_else(|| vec![0u8; READ_BUF_LEN]);
+        let mut buf = std::mem::replace(&mut self.read_buf, spare);
+        buf.truncate(n);
+        buf
+    }
+
+    /// Keeps a delivered or dropped frame's buffer for a later read, if it is a read buffer.
+    pub(crate) fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() >= READ_BUF_LEN && self.rx_spare.len() < RX_SPARE_BUFFERS {
+            buf.resize(READ_BUF_LEN, 0);
+            self.rx_spare.push(buf);
         }
     }
 
@@ -152,7 +179,8 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             bump(&self.stats.rx_drop_queue_full);
             return;
         }
-        self.rx_queue_bytes += frame.buf.len();
+        // Memory held, not bytes carried: a large frame keeps a whole read buffer.
+        self.rx_queue_bytes += frame.buf.capacity();
         self.rx_queue.push_back(frame);
         set(&self.stats.rx_queue_len, self.rx_queue.len() as u64);
         set(&self.stats.rx_queue_bytes, self.rx_queue_bytes as u64);
@@ -163,9 +191,20 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         self.rx_queue_bytes >= self.spec.limits.queue_bytes
     }
 
+    /// Drops the frame at the head of the queue; false if there was none.
+    fn rx_discard(&mut self) -> bool {
+        match self.rx_pop() {
+            Some(f) => {
+                self.recycle(f.buf);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn rx_pop(&mut self) -> Option<RxFrame> {
         let f = self.rx_queue.pop_front()?;
-        self.rx_queue_bytes = self.rx_queue_bytes.saturating_sub(f.buf.len());
+        self.rx_queue_bytes = self.rx_queue_bytes.saturating_sub(f.buf.capacity());
         set(&self.stats.rx_queue_len, self.rx_queue.len() as u64);
         set(&self.stats.rx_queue_bytes, self.rx_queue_bytes as u64);
         Some(f)
@@ -205,7 +244,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         {
             self.stalled = true;
             bump(&self.stats.rx_stalls);
-            while self.rx_pop().is_some() {
+            while self.rx_discard() {
                 bump(&self.stats.rx_drop_stalled);
             }
             if self.shared.stalled_queues.fetch_add(1, Ordering::AcqRel) == 0 {
@@ -246,7 +285,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         while self.rx_queue.front().is_some_and(|f| {
             now.saturating_duration_since(f.queued_at) > self.spec.limits.drain_timeout
         }) {
-            self.rx_pop();
+            self.rx_discard();
             bump(&self.stats.rx_drop_expired);
         }
         loop {
@@ -260,12 +299,12 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 let needed = meta.map(|m| slots_needed(len, &m));
                 let data_slots = len.div_ceil(xen_abi::PAGE_SIZE);
                 let (Some(meta), Some(needed)) = (meta, needed) else {
-                    self.rx_pop();
+                    self.rx_discard();
                     bump(&self.stats.rx_drop_unfit);
                     continue;
                 };
                 if needed as u32 > self.rx.size() || (data_slots > 1 && !self.spec.front.sg) {
-                    self.rx_pop();
+                    self.rx_discard();
                     bump(&self.stats.rx_drop_unfit);
                     continue;
                 }
@@ -298,6 +337,9 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             self.rx_copy_and_answer(&batch)?;
             if self.rx.push_responses_and_check_notify() {
                 self.notify(self.local_rx);
+            }
+            for (frame, _, _) in batch {
+                self.recycle(frame.buf);
             }
         }
     }

@@ -22,6 +22,8 @@ use crate::stats::{add, bump, set};
 const TX_BATCH: usize = 64;
 /// Packets per wake-up before the loop yields to the RX side.
 const TX_BUDGET: usize = 256;
+/// Packet buffers a queue keeps for reuse between batches.
+const TX_SPARE_BUFFERS: usize = 16;
 
 /// The virtio header of a copied packet; `None` if its offload metadata cannot be set up.
 fn virtio_header(pkt: &TxPacket, frame: &mut [u8]) -> Option<VirtioNetHdr> {
@@ -145,9 +147,14 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 _ => None,
             })
             .collect();
+        // Reused buffers: only bytes beyond a buffer's earlier length are zeroed.
         let mut bufs: Vec<Vec<u8>> = packets
             .iter()
-            .map(|p| vec![0u8; VNET_HDR_LEN + p.len])
+            .map(|p| {
+                let mut buf = self.tx_spare.pop().unwrap_or_default();
+                buf.resize(VNET_HDR_LEN + p.len, 0);
+                buf
+            })
             .collect();
         let mut owner = Vec::new();
         let mut ok = vec![true; packets.len()];
@@ -225,6 +232,8 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 }
             }
         }
+        let room = TX_SPARE_BUFFERS.saturating_sub(self.tx_spare.len());
+        self.tx_spare.extend(bufs.into_iter().take(room));
         Ok(())
     }
 }

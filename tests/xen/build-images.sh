@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds the initramfs images: guest.cpio.gz (busybox + xen-blkfront) and dom0.cpio.gz
-# (busybox, the Xen toolstack, our blkback — and not the kernel's xen-blkback, so that ours
-# serves backend/vbd — plus the guest image and its configuration).
-#   build-images.sh WORK BLKBACK-BINARY HARNESS-DIR
+# Builds the initramfs images: guest.cpio.gz (busybox, xen-blkfront, xen-netfront) and
+# dom0.cpio.gz (busybox, the Xen toolstack, our blkback and netback — and not the kernel's
+# xen-blkback or xen-netback, so that ours serve backend/vbd and backend/vif — plus the guest
+# image and its configurations).
+#   build-images.sh WORK BLKBACK-BINARY NETBACK-BINARY HARNESS-DIR
 set -euo pipefail
-work=$1 blkback=$2 harness=$3
+work=$1 blkback=$2 netback=$3 harness=$4
 cd "$work"
 version=$(ls x/lib/modules | head -1)
 xlib=$work/x/usr/lib/x86_64-linux-gnu
@@ -64,13 +65,15 @@ pack() {
 
 # The guest.
 base images/guest
-copy_modules images/guest xen-blkfront
+copy_modules images/guest xen-blkfront xen-netfront
+cp "$harness"/net-guest.sh "$harness"/net-send-up.sh "$harness"/net-send-up2.sh \
+    "$harness"/net-recv-down.sh "$harness"/udhcpc.script images/guest/etc/
 pack images/guest guest.cpio.gz
 
 # dom0.
 root=images/dom0
 base $root
-copy_modules $root xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop
+copy_modules $root xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop tun bridge
 mkdir -p $root/usr/lib/xen-4.17/bin $root/etc/xen/cfg $root/var/lib/xen $root/var/log/xen $root/var/lib/xenstored $root/boot
 for b in xl libxl-save-helper xen-init-dom0 xenconsoled xenstored; do
     cp "x/usr/lib/xen-4.17/bin/$b" $root/usr/lib/xen-4.17/bin/
@@ -86,14 +89,15 @@ cp /usr/bin/flock $root/usr/bin/flock
 cp /usr/bin/stat $root/bin/stat
 mkdir -p $root/usr/local/bin
 cp "$blkback" $root/usr/local/bin/blkback
+cp "$netback" $root/usr/local/bin/netback
 copy_libs $root $root/usr/lib/xen-4.17/bin/* $root/usr/bin/xenstore $root/bin/bash $root/sbin/losetup \
-    $root/usr/bin/flock $root/bin/stat $root/usr/local/bin/blkback
+    $root/usr/bin/flock $root/bin/stat $root/usr/local/bin/blkback $root/usr/local/bin/netback
 mkdir -p $root/usr/lib/x86_64-linux-gnu
 cp -a "$xlib"/libxen*.so* "$xlib"/libxl*.so* "$xlib"/libyajl*.so* $root/usr/lib/x86_64-linux-gnu/
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 $root/lib/x86_64-linux-gnu/ 2>/dev/null || true
 cp vmlinuz $root/boot/vmlinuz
 cp guest.cpio.gz $root/boot/
 cp "$harness"/*.cfg $root/etc/xen/cfg/
-cp "$harness"/blk.sh $root/etc/
+cp "$harness"/blk.sh "$harness"/net.sh $root/etc/
 pack $root dom0.cpio.gz
 ls -la guest.cpio.gz dom0.cpio.gz
