@@ -127,9 +127,10 @@ fn serve<M: xen_ring::SharedMemory>(
             if rsp.status == xen_abi::netif::XEN_NETIF_CTRL_STATUS_SUCCESS {
                 *shared.hash.write().unwrap_or_else(PoisonError::into_inner) = config;
             }
+            // Published at once, as the data rings do (restart safety).
             ring.push_response(&rsp)?;
+            notify |= ring.push_responses_and_check_notify();
         }
-        notify |= ring.push_responses_and_check_notify();
         if !ring.final_check_for_requests()? {
             return Ok(notify);
         }

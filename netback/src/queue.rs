@@ -301,6 +301,14 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
     fn run(&mut self, epoll: &Epoll) -> Result<(), Fatal> {
         let mut events = [EpollEvent::empty(); 4];
         let mut busy = true;
+        if self.spec.reattach {
+            // A backend that died between publishing responses and notifying left the frontend
+            // waiting for an event that never came: one (possibly spurious) event covers it.
+            self.notify(self.local_tx);
+            if self.local_rx != self.local_tx {
+                self.notify(self.local_rx);
+            }
+        }
         loop {
             let timeout = if busy {
                 EpollTimeout::ZERO

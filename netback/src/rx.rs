@@ -334,8 +334,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 return Ok(());
             }
             self.last_rx_progress = now;
-            self.rx_copy_and_answer(&batch)?;
-            if self.rx.push_responses_and_check_notify() {
+            if self.rx_copy_and_answer(&batch)? {
                 self.notify(self.local_rx);
             }
             for (frame, _, _) in batch {
@@ -344,10 +343,13 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         }
     }
 
+    /// Copies a batch into the guest's buffers and answers every slot in ring order, each
+    /// response published at once (as on the TX side, for restarts). True if the frontend
+    /// wants an event.
     fn rx_copy_and_answer(
         &mut self,
         batch: &[(RxFrame, Vec<RxSlot>, Vec<NetifRxRequest>)],
-    ) -> Result<(), Fatal> {
+    ) -> Result<bool, Fatal> {
         let frontend = self.spec.frontend;
         let mut ops = Vec::new();
         for (frame, slots, requests) in batch {
@@ -371,6 +373,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         }
         drop(ops);
         let mut statuses = status.into_iter();
+        let mut notify = false;
         for (frame, slots, requests) in batch {
             let mut failed = false;
             for (slot, req) in slots.iter().zip(requests) {
@@ -380,6 +383,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                     failed = true;
                 }
                 self.rx.push_response(&rsp)?;
+                notify |= self.rx.push_responses_and_check_notify();
             }
             if failed {
                 bump(&self.stats.rx_copy_errors);
@@ -394,6 +398,6 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 );
             }
         }
-        Ok(())
+        Ok(notify)
     }
 }

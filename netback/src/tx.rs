@@ -91,27 +91,13 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                         }
                         batch.push(item);
                     }
-                    TxVerdict::Mcast(op) => {
-                        bump(&self.stats.mcast_ops);
-                        let ok = self.shared.mcast_apply(*op);
-                        self.respond(&item, if ok { NETIF_RSP_OKAY } else { NETIF_RSP_ERROR })?;
-                    }
-                    TxVerdict::Drop(why) => {
-                        let counter = match why {
-                            TxDrop::TooManySlots => &self.stats.tx_drop_slots,
-                            TxDrop::BiggerThanFrame | TxDrop::RuntHeader => {
-                                &self.stats.tx_drop_size
-                            }
-                        };
-                        bump(counter);
-                        self.respond(&item, NETIF_RSP_ERROR)?;
-                    }
+                    // Answered in ring order with the packets around them (see `tx_send`).
+                    TxVerdict::Mcast(_) | TxVerdict::Drop(_) => batch.push(item),
                     TxVerdict::Fatal(why) => return Err(Fatal(why.to_string())),
                 }
             }
             let n = batch.len();
-            self.tx_send(batch)?;
-            if self.tx.push_responses_and_check_notify() {
+            if self.tx_send(batch)? {
                 self.notify(self.local_tx);
             }
             done += n;
@@ -124,20 +110,29 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         }
     }
 
-    fn respond(&mut self, item: &TxItem, status: i16) -> Result<(), Fatal> {
+    /// Answers every slot of `item`, publishing each response at once, so that a backend killed
+    /// at any point leaves no written-but-unpublished response over a request a restarted
+    /// backend would read again (its copy would answer twice, which Linux netfront treats as a
+    /// broken backend). True if the frontend wants an event.
+    fn respond(&mut self, item: &TxItem, status: i16) -> Result<bool, Fatal> {
         if status != NETIF_RSP_OKAY {
             add(&self.stats.tx_errors, item.slots() as u64);
         }
+        let mut notify = false;
         for rsp in item.responses(status) {
             self.tx.push_response(&rsp)?;
+            notify |= self.tx.push_responses_and_check_notify();
         }
-        Ok(())
+        Ok(notify)
     }
 
-    /// Copies a batch of packets out of the guest, answers their slots and transmits them.
-    fn tx_send(&mut self, batch: Vec<TxItem>) -> Result<(), Fatal> {
+    /// Answers a batch in ring order (so that the published `rsp_prod` always marks a prefix
+    /// of the requests taken, which a restarted backend resumes after): copies its packets out
+    /// of the guest and transmits them, applies its multicast requests, refuses its malformed
+    /// packets. True if the frontend wants an event.
+    fn tx_send(&mut self, batch: Vec<TxItem>) -> Result<bool, Fatal> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let frontend = self.spec.frontend;
         let packets: Vec<&TxPacket> = batch
@@ -196,9 +191,27 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             }
         }
         let mut p = 0;
+        let mut notify = false;
         for item in &batch {
-            let TxVerdict::Packet(pkt) = &item.verdict else {
-                continue;
+            let pkt = match &item.verdict {
+                TxVerdict::Packet(pkt) => pkt,
+                TxVerdict::Mcast(op) => {
+                    bump(&self.stats.mcast_ops);
+                    let ok = self.shared.mcast_apply(*op);
+                    notify |=
+                        self.respond(item, if ok { NETIF_RSP_OKAY } else { NETIF_RSP_ERROR })?;
+                    continue;
+                }
+                TxVerdict::Drop(why) => {
+                    let counter = match why {
+                        TxDrop::TooManySlots => &self.stats.tx_drop_slots,
+                        TxDrop::BiggerThanFrame | TxDrop::RuntHeader => &self.stats.tx_drop_size,
+                    };
+                    bump(counter);
+                    notify |= self.respond(item, NETIF_RSP_ERROR)?;
+                    continue;
+                }
+                TxVerdict::Fatal(_) => continue,
             };
             let (Some(buf), Some(&copied)) = (bufs.get_mut(p), ok.get(p)) else {
                 break;
@@ -206,18 +219,18 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             p += 1;
             if !copied {
                 bump(&self.stats.tx_copy_errors);
-                self.respond(item, NETIF_RSP_ERROR)?;
+                notify |= self.respond(item, NETIF_RSP_ERROR)?;
                 continue;
             }
             let split = VNET_HDR_LEN.min(buf.len());
             let (head, frame) = buf.split_at_mut(split);
             let Some(hdr) = virtio_header(pkt, frame) else {
                 bump(&self.stats.tx_drop_offload);
-                self.respond(item, NETIF_RSP_ERROR)?;
+                notify |= self.respond(item, NETIF_RSP_ERROR)?;
                 continue;
             };
             head.copy_from_slice(hdr.as_bytes());
-            self.respond(item, NETIF_RSP_OKAY)?;
+            notify |= self.respond(item, NETIF_RSP_OKAY)?;
             match self.tap.write(&[IoSlice::new(buf)]) {
                 Ok(_) => {
                     if pkt.gso.is_some() {
@@ -234,7 +247,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         }
         let room = TX_SPARE_BUFFERS.saturating_sub(self.tx_spare.len());
         self.tx_spare.extend(bufs.into_iter().take(room));
-        Ok(())
+        Ok(notify)
     }
 }
 

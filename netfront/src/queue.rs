@@ -94,6 +94,9 @@ pub(crate) fn read_page(
     Some(out)
 }
 
+/// The backend broke the protocol (a corrupt ring, a response for a buffer it does not hold).
+struct BrokenBackend;
+
 /// Pages a frame of up to 64 KiB can take.
 const MAX_FRAME_PAGES: usize = 17;
 
@@ -125,6 +128,8 @@ struct Queue<P: GrantedPages, E: EventChannel> {
     tap: TapQueue,
     negotiated: Negotiated,
     tx_free: Vec<u16>,
+    /// TX buffer ids the backend holds (requests without a response yet).
+    tx_in_flight: Vec<bool>,
     tx_pending: Option<Staged>,
     rx_req_prod: u32,
     rx_cons: u32,
@@ -146,6 +151,7 @@ pub(crate) fn run_queue<P, E>(
         tap,
         negotiated,
         tx_free: (0..RING_SLOTS as u16).rev().collect(),
+        tx_in_flight: vec![false; RING_SLOTS],
         tx_pending: None,
         rx_req_prod: 0,
         rx_cons: 0,
@@ -233,17 +239,33 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
         }
     }
 
-    fn tx_complete(&mut self) -> Result<(), xen_ring::RingError> {
+    fn tx_complete(&mut self) -> Result<(), BrokenBackend> {
         loop {
-            while let Some(rsp) = self.parts.tx_ring.pop_response()? {
+            while let Some(rsp) = self
+                .parts
+                .tx_ring
+                .pop_response()
+                .map_err(|_| BrokenBackend)?
+            {
                 if rsp.status == NETIF_RSP_NULL {
                     continue;
                 }
-                if usize::from(rsp.id) < RING_SLOTS && !self.tx_free.contains(&rsp.id) {
-                    self.tx_free.push(rsp.id);
+                // A response for a buffer the backend does not hold (a duplicate, or an id we
+                // never used) is a broken backend, as Linux netfront judges it since XSA-391.
+                match self.tx_in_flight.get_mut(usize::from(rsp.id)) {
+                    Some(held) if *held => {
+                        *held = false;
+                        self.tx_free.push(rsp.id);
+                    }
+                    _ => return Err(BrokenBackend),
                 }
             }
-            if !self.parts.tx_ring.final_check_for_responses()? {
+            if !self
+                .parts
+                .tx_ring
+                .final_check_for_responses()
+                .map_err(|_| BrokenBackend)?
+            {
                 return Ok(());
             }
         }
@@ -366,6 +388,9 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
                 size: size as u16,
             };
             self.parts.tx_ring.push_request(&req).ok()?;
+            if let Some(held) = self.tx_in_flight.get_mut(usize::from(id)) {
+                *held = true;
+            }
             if let (0, Some(t)) = (i, gso) {
                 let g = NetifExtraGso {
                     size: hdr.gso_size,

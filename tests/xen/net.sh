@@ -88,7 +88,10 @@ if wait_console guest-net RESTART-READY 300; then
     sleep 1
     start_netback
     ts "netback restarted"
-    if wait_console guest-net UP2-DONE 300; then
+    if ! wait_console guest-net UP2-DONE 150; then
+        ts "the upload did not finish after the restart"
+        net_diagnose
+    else
         sleep 1
         up2=$(sha256sum < /tmp/up2 | cut -d' ' -f1)
         echo "up2: guest $(guest_value SHA-UP2) dom0 $up2 ($(stat -c %s /tmp/up2) bytes)"
@@ -98,7 +101,7 @@ if wait_console guest-net RESTART-READY 300; then
             || echo "CHECK net-restart-during-transfer failed"
     fi
 fi
-if wait_console guest-net DETACH-READY 300; then
+if wait_console guest-net DETACH-READY 120; then
     if timeout 60 xl network-detach guest-net 0; then
         [ -z "$(xl network-list guest-net | awk 'NR > 1')" ] && detached=ok || detached=failed
     else
@@ -106,7 +109,7 @@ if wait_console guest-net DETACH-READY 300; then
     fi
 fi
 t=0
-while xl domid guest-net >/dev/null 2>&1 && [ $t -lt 300 ]; do sleep 0.5; t=$((t + 1)); done
+while xl domid guest-net >/dev/null 2>&1 && [ $t -lt 240 ]; do sleep 0.5; t=$((t + 1)); done
 xl domid guest-net >/dev/null 2>&1 && { ts "guest-net still running: destroying"; xl destroy guest-net; }
 console guest-net | grep -a -E "GUEST-|address:|queues:|xen_netfront|SHA-" | sed 's/^/  guest: /'
 console guest-net | sed -n 's/.*GUEST-CHECK \([a-z-]*\) \([a-z]*\).*/CHECK \1 \2/p'
