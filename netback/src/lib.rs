@@ -7,7 +7,7 @@
 //! - [`shared`]: what a vif's queues share (hash, multicast filter, rate, steering inboxes).
 //! - [`rate`]: the credit scheduler behind the `rate` key.
 //! - [`stats`]: counters per queue.
-//! - [`bench`]: iperf3 through netback on the simulated host against a veth pair.
+//! - [`bench`](mod@bench): iperf3 through netback on the simulated host against a veth pair.
 
 pub mod backend;
 pub mod bench;
