@@ -44,11 +44,7 @@ async fn disabled(rig: &Rig, i: usize, devid: u32) {
 async fn bogus_producer_indices_disable_only_that_vif() {
     let s = scene("bogus", 4, NetbackConfig::default()).await;
     // TX ring.
-    let mut bad = s
-        .rig
-        .connect_raw(2, 0, NetfrontOptions::default(), false, &mut |_| {})
-        .await
-        .unwrap();
+    let mut bad = s.rig.raw_vif(2, 0).await;
     let q = &mut bad.queues[0];
     proves_alive(q, &s.inj, 2, 1, 0);
     let prod = peek_u32(q.tx_ring.memory(), 0);
@@ -59,11 +55,7 @@ async fn bogus_producer_indices_disable_only_that_vif() {
         q.notify_tx().unwrap();
     }
     // RX ring: a producer index far beyond what the ring holds, then a frame to deliver.
-    let mut bad = s
-        .rig
-        .connect_raw(3, 0, NetfrontOptions::default(), false, &mut |_| {})
-        .await
-        .unwrap();
+    let mut bad = s.rig.raw_vif(3, 0).await;
     let q = &mut bad.queues[0];
     post_rx(q, 0, 8);
     poke_u32(q.rx_ring.memory(), 0, 8u32.wrapping_sub(5000));
@@ -79,11 +71,7 @@ async fn bogus_producer_indices_disable_only_that_vif() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writer_cannot_change_what_was_validated() {
     let s = scene("race", 3, NetbackConfig::default()).await;
-    let mut bad = s
-        .rig
-        .connect_raw(2, 0, NetfrontOptions::default(), false, &mut |_| {})
-        .await
-        .unwrap();
+    let mut bad = s.rig.raw_vif(2, 0).await;
     let q = &mut bad.queues[0];
     // The racer flips the first slot's `size` of the packet in flight between the true size
     // and two sizes that make it malformed (runt; smaller than its second fragment).
@@ -156,11 +144,7 @@ async fn racing_writer_cannot_change_what_was_validated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_storm_costs_bounded_work() {
     let s = scene("storm", 3, NetbackConfig::default()).await;
-    let mut bad = s
-        .rig
-        .connect_raw(2, 0, NetfrontOptions::default(), false, &mut |_| {})
-        .await
-        .unwrap();
+    let mut bad = s.rig.raw_vif(2, 0).await;
     let q = &mut bad.queues[0];
     proves_alive(q, &s.inj, 2, 1, 0);
     let before = stats(&s.rig, 2, 0).wakeups;
@@ -185,11 +169,7 @@ async fn event_storm_costs_bounded_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grants_fail_only_their_packets() {
     let s = scene("grants", 3, NetbackConfig::default()).await;
-    let mut bad = s
-        .rig
-        .connect_raw(2, 0, NetfrontOptions::default(), false, &mut |_| {})
-        .await
-        .unwrap();
+    let mut bad = s.rig.raw_vif(2, 0).await;
     let q = &mut bad.queues[0];
     // TX: a fragment in a page that was never granted.
     let frame = test_frame(INJECTOR_MAC, mac(2), 7, 300);
@@ -252,11 +232,7 @@ async fn tx_chains_are_judged_as_linux_does() {
     for devid in 1..=3 {
         attach_vif(&s.rig, 3, devid, &[]).await;
     }
-    let mut bad = s
-        .rig
-        .connect_raw(2, 0, NetfrontOptions::default(), false, &mut |_| {})
-        .await
-        .unwrap();
+    let mut bad = s.rig.raw_vif(2, 0).await;
     let q = &mut bad.queues[0];
     let mut page = 0;
     let mut next_page = |n: usize| {
@@ -365,11 +341,7 @@ async fn tx_chains_are_judged_as_linux_does() {
     ];
     for (devid, (what, build)) in fatal_cases.iter().enumerate() {
         let devid = devid as u32;
-        let mut bad = s
-            .rig
-            .connect_raw(3, devid, NetfrontOptions::default(), false, &mut |_| {})
-            .await
-            .unwrap();
+        let mut bad = s.rig.raw_vif(3, devid).await;
         let q = &mut bad.queues[0];
         let slots = build(q);
         push_tx(q, &slots);
@@ -428,11 +400,7 @@ async fn extra_info_abuse_disables_the_vif() {
         if devid > 0 {
             attach_vif(&s.rig, 2, devid, &[]).await;
         }
-        let mut bad = s
-            .rig
-            .connect_raw(2, devid, NetfrontOptions::default(), false, &mut |_| {})
-            .await
-            .unwrap();
+        let mut bad = s.rig.raw_vif(2, devid).await;
         let q = &mut bad.queues[0];
         push_tx(q, &with_extra(q, &frame, *extra));
         assert!(

@@ -102,11 +102,7 @@ async fn guest_that_takes_no_frames_costs_bounded_memory_and_recovers() {
         },
     )
     .await;
-    let mut bad = s
-        .rig
-        .connect_raw(2, 0, NetfrontOptions::default(), false, &mut |_| {})
-        .await
-        .unwrap();
+    let mut bad = s.rig.raw_vif(2, 0).await;
     let vif = s.rig.vif_name(2, 0);
     let q = &mut bad.queues[0];
     proves_alive(q, &s.inj, 2, 60, 0);

@@ -13,6 +13,20 @@ use netback::device::NetbackConfig;
 use netfront::NetfrontOptions;
 use xen_backend::Platform;
 
+/// Moves `bytes` over TCP from guest `from` to guest `to`, checks them, returns how long it took.
+fn timed_transfer(rig: &common::Rig, from: usize, to: usize, bytes: usize) -> Duration {
+    let started = Instant::now();
+    let (g, h) = (&rig.guests[from], &rig.guests[to]);
+    let (sent, received, total) = tcp_transfer(&g.ns, &h.ns, &h.ipv4, 0, bytes);
+    let took = started.elapsed();
+    assert_eq!(
+        (total, sent),
+        (bytes, received),
+        "the transfer arrived intact"
+    );
+    took
+}
+
 fn throttled(rig: &common::Rig, i: usize) -> u64 {
     let domid = rig.guests[i].domain.domid();
     netback::device::snapshot(&rig.stats)
@@ -37,16 +51,7 @@ async fn rate_limits_what_a_guest_sends_and_changes_live() {
     ping(&rig.guests[0].ns, &rig.guests[1].ipv4, 1);
 
     let bytes = 2 << 20;
-    let started = Instant::now();
-    let (sent, received, total) = tcp_transfer(
-        &rig.guests[0].ns,
-        &rig.guests[1].ns,
-        &rig.guests[1].ipv4,
-        0,
-        bytes,
-    );
-    let took = started.elapsed();
-    assert_eq!((total, sent), (bytes, received));
+    let took = timed_transfer(&rig, 0, 1, bytes);
     // 2 MiB at 2.5 MB/s, less the first period's credit: at least 0.7 s.
     assert!(
         took >= Duration::from_millis(700),
@@ -62,29 +67,13 @@ async fn rate_limits_what_a_guest_sends_and_changes_live() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    let (sent, received, total) = tcp_transfer(
-        &rig.guests[0].ns,
-        &rig.guests[1].ns,
-        &rig.guests[1].ipv4,
-        0,
-        bytes,
-    );
-    let took = started.elapsed();
-    assert_eq!((total, sent), (bytes, received));
+    let took = timed_transfer(&rig, 0, 1, bytes);
     assert!(
         took >= Duration::from_millis(1500),
         "{took:?} for 2 MiB at 1.25 MB/s"
     );
     assert!(throttled(&rig, 0) > before);
     // The other direction is not limited by guest 0's rate (netback limits what a guest sends).
-    let (sent, received, total) = tcp_transfer(
-        &rig.guests[1].ns,
-        &rig.guests[0].ns,
-        &rig.guests[0].ipv4,
-        0,
-        bytes,
-    );
-    assert_eq!((total, sent), (bytes, received));
+    timed_transfer(&rig, 1, 0, bytes);
     assert_eq!(throttled(&rig, 1), 0);
 }

@@ -93,11 +93,7 @@ async fn bad_frontend_keys_are_refused() {
         );
     }
     // The guest's properly configured vif 0 still connects and works.
-    let mut good = s
-        .rig
-        .connect_raw(2, 0, NetfrontOptions::default(), false, &mut |_| {})
-        .await
-        .unwrap();
+    let mut good = s.rig.raw_vif(2, 0).await;
     proves_alive(&mut good.queues[0], &s.inj, 2, 1, 0);
     s.good.finish(3);
 }
@@ -145,10 +141,7 @@ async fn frontend_key_floods_do_not_disturb_connected_vifs() {
 async fn hot_unplug_releases_everything_and_reconnect_uses_new_rings() {
     let common::raw::Scene { mut rig, inj, good } =
         scene("unplug", 3, NetbackConfig::default()).await;
-    let mut bad = rig
-        .connect_raw(2, 0, NetfrontOptions::default(), false, &mut |_| {})
-        .await
-        .unwrap();
+    let mut bad = rig.raw_vif(2, 0).await;
     proves_alive(&mut bad.queues[0], &inj, 2, 1, 0);
     let q = &bad.queues[0];
     let refs: Vec<u32> = [q.tx_ring.memory().refs(), q.rx_ring.memory().refs()].concat();

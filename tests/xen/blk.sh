@@ -1,15 +1,8 @@
 # dom0 scenario: our blkback serves PV guests' disks (the kernel's xen-blkback is not loaded).
-ts() { echo "[T+$(cut -d' ' -f1 /proc/uptime)s] $*"; }
+. /etc/harness-lib.sh
 start_blkback() {
     RUST_LOG=$(sed -n "s/.*blklog=\([^ ]*\).*/\1/p" /proc/cmdline) blkback --platform xen >> /var/log/blkback.log 2>&1 &
     echo $! > /run/blkback.pid
-}
-console() { cat "/var/log/xen/console/guest-$1.log" 2>/dev/null; }
-# wait_console NAME TEXT SECONDS
-wait_console() {
-    t=0
-    while ! console "$1" | grep -q "$2" && [ $t -lt $(($3 * 2)) ]; do sleep 0.5; t=$((t + 1)); done
-    console "$1" | grep -q "$2"
 }
 # finish NAME: wait for the guest to power off, re-emit its checks.
 finish() {

@@ -99,5 +99,6 @@ cp vmlinuz $root/boot/vmlinuz
 cp guest.cpio.gz $root/boot/
 cp "$harness"/*.cfg $root/etc/xen/cfg/
 cp "$harness"/blk.sh "$harness"/net.sh $root/etc/
+cp "$harness"/lib.sh $root/etc/harness-lib.sh
 pack $root dom0.cpio.gz
 ls -la guest.cpio.gz dom0.cpio.gz

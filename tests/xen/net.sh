@@ -2,13 +2,7 @@
 # The guest's unmodified xen-netfront gets its address by DHCP across the bridge, pings, moves
 # checksummed data both ways, keeps its transfer through a netback SIGKILL and restart, and is
 # hot-unplugged with xl network-detach.
-ts() { echo "[T+$(cut -d' ' -f1 /proc/uptime)s] $*"; }
-console() { cat "/var/log/xen/console/guest-$1.log" 2>/dev/null; }
-wait_console() {
-    t=0
-    while ! console "$1" | grep -q "$2" && [ $t -lt $(($3 * 2)) ]; do sleep 0.5; t=$((t + 1)); done
-    console "$1" | grep -q "$2"
-}
+. /etc/harness-lib.sh
 guest_value() { console guest-net | sed -n "s/.*$1 \([0-9a-f]*\).*/\1/p" | tail -1; }
 start_netback() {
     RUST_LOG=$(sed -n "s/.*netlog=\([^ ]*\).*/\1/p" /proc/cmdline) \

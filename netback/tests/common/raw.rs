@@ -102,6 +102,13 @@ impl Rig {
         .await
     }
 
+    /// Connects guest `i`'s vif `devid` with a raw frontend asking for the defaults.
+    pub async fn raw_vif(&self, i: usize, devid: u32) -> RawSimVif {
+        self.connect_raw(i, devid, NetfrontOptions::default(), false, &mut |_| {})
+            .await
+            .expect("the raw frontend connects")
+    }
+
     /// The backend state of guest `i`'s vif `devid`.
     pub async fn backend_state(&self, i: usize, devid: u32) -> Option<XenbusState> {
         let xs = self.host_xs().await;
@@ -247,17 +254,22 @@ pub fn push_tx(q: &mut RawQueue, slots: &[NetifTxRequest]) {
     q.notify_tx().unwrap();
 }
 
-/// Collects `n` TX responses (5 s at most).
-pub fn tx_responses(q: &mut RawQueue, n: usize) -> Vec<NetifTxResponse> {
+/// Collects up to `n` responses from `pop` (5 s at most).
+fn collect_responses<T>(n: usize, mut pop: impl FnMut() -> Option<T>) -> Vec<T> {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     while out.len() < n && Instant::now() < deadline {
-        match q.tx_ring.pop_response().unwrap() {
+        match pop() {
             Some(r) => out.push(r),
             None => std::thread::sleep(Duration::from_millis(2)),
         }
     }
     out
+}
+
+/// Collects `n` TX responses (5 s at most).
+pub fn tx_responses(q: &mut RawQueue, n: usize) -> Vec<NetifTxResponse> {
+    collect_responses(n, || q.tx_ring.pop_response().unwrap())
 }
 
 /// Posts RX buffers for ring positions `from..from + n` (buffer page = position mod ring size).
@@ -278,15 +290,7 @@ pub fn post_rx(q: &mut RawQueue, from: u32, n: u32) {
 
 /// Collects `n` RX responses (5 s at most).
 pub fn rx_responses(q: &mut RawQueue, n: usize) -> Vec<NetifRxResponse> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while out.len() < n && Instant::now() < deadline {
-        match q.rx_ring.pop_response().unwrap() {
-            Some(r) => out.push(r),
-            None => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
-    out
+    collect_responses(n, || q.rx_ring.pop_response().unwrap())
 }
 
 /// The good guests: TCP transfers from guest 0 to guest 1, hashed on both ends, in a loop.
