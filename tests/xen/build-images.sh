@@ -66,9 +66,23 @@ pack() {
 # The guest.
 base images/guest
 copy_modules images/guest xen-blkfront xen-netfront
-cp "$harness"/net-guest.sh "$harness"/net-send-up.sh "$harness"/net-send-up2.sh \
+cp "$harness"/net-guest.sh "$harness"/dd-guest.sh "$harness"/net-send-up.sh "$harness"/net-send-up2.sh \
     "$harness"/net-recv-down.sh "$harness"/udhcpc.script images/guest/etc/
 pack images/guest guest.cpio.gz
+
+# The network and storage driver domain: busybox, the grant and event-channel devices, TAP and
+# bridge, our netback and blkback; no toolstack.
+root=images/dd
+base $root
+copy_modules $root xen-evtchn xen-gntdev xen-gntalloc tun bridge
+mkdir -p $root/usr/local/bin
+cp "$blkback" "$netback" $root/usr/local/bin/
+# Debug builds carry ~60 MB of debug info each: too much for a small domain's initramfs.
+strip --strip-debug $root/usr/local/bin/blkback $root/usr/local/bin/netback
+copy_libs $root $root/usr/local/bin/blkback $root/usr/local/bin/netback
+cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 $root/lib/x86_64-linux-gnu/ 2>/dev/null || true
+cp "$harness"/dd-domain.sh $root/etc/
+pack $root dd.cpio.gz
 
 # dom0.
 root=images/dom0
@@ -90,15 +104,16 @@ cp /usr/bin/stat $root/bin/stat
 mkdir -p $root/usr/local/bin
 cp "$blkback" $root/usr/local/bin/blkback
 cp "$netback" $root/usr/local/bin/netback
+strip --strip-debug $root/usr/local/bin/blkback $root/usr/local/bin/netback
 copy_libs $root $root/usr/lib/xen-4.17/bin/* $root/usr/bin/xenstore $root/bin/bash $root/sbin/losetup \
     $root/usr/bin/flock $root/bin/stat $root/usr/local/bin/blkback $root/usr/local/bin/netback
 mkdir -p $root/usr/lib/x86_64-linux-gnu
 cp -a "$xlib"/libxen*.so* "$xlib"/libxl*.so* "$xlib"/libyajl*.so* $root/usr/lib/x86_64-linux-gnu/
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 $root/lib/x86_64-linux-gnu/ 2>/dev/null || true
 cp vmlinuz $root/boot/vmlinuz
-cp guest.cpio.gz $root/boot/
+cp guest.cpio.gz dd.cpio.gz $root/boot/
 cp "$harness"/*.cfg $root/etc/xen/cfg/
-cp "$harness"/blk.sh "$harness"/net.sh $root/etc/
+cp "$harness"/blk.sh "$harness"/net.sh "$harness"/dd.sh $root/etc/
 cp "$harness"/lib.sh $root/etc/harness-lib.sh
 pack $root dom0.cpio.gz
-ls -la guest.cpio.gz dom0.cpio.gz
+ls -la guest.cpio.gz dd.cpio.gz dom0.cpio.gz

@@ -37,7 +37,7 @@ timeout "${XEN_HARNESS_TIMEOUT:-900}" qemu-system-x86_64 \
     -display none -no-reboot -serial stdio \
     -kernel "$work/xen" \
     -append "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all smap=0 smep=0" \
-    -initrd "$work/vmlinuz console=hvc0 earlyprintk=xen scenario=${XEN_HARNESS_SCENARIOS:-blk+net} blklog=${BLKBACK_LOG:-info} netlog=${NETBACK_LOG:-info},$work/dom0.cpio.gz" \
+    -initrd "$work/vmlinuz console=hvc0 earlyprintk=xen scenario=${XEN_HARNESS_SCENARIOS:-blk+net+dd} blklog=${BLKBACK_LOG:-info} netlog=${NETBACK_LOG:-info},$work/dom0.cpio.gz" \
     </dev/null >"$log" 2>&1 || true
 echo "QEMU ran $(( $(date +%s) - start )) s"
 
@@ -46,7 +46,9 @@ fail=0
 passed=0
 checks="guest-sees-xvda features-negotiated multi-queue odirect-checksum flush-heavy restart-during-io block-detach
     guest-sees-eth0 dhcp-address net-multi-queue ping net-features vif-on-bridge net-checksums net-gso-used
-    net-restart-during-transfer ping-after-restart network-detach vif-removed"
+    net-restart-during-transfer ping-after-restart network-detach vif-removed
+    dd-boots dd-guest-sees-eth0 dd-dhcp-address dd-ping dd-backends-in-driver-domain dd-net-checksums
+    dd-disk-checksum"
 total=$(echo $checks | wc -w)
 for check in $checks; do
     if grep -a -q "CHECK $check ok" "$log"; then

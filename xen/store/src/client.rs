@@ -28,6 +28,12 @@ const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
 
 pub(crate) struct Inner {
     writer: tokio::sync::Mutex<Writer>,
+    /// Held from sending a request until its reply, on the xenbus device only: Linux handles a
+    /// `XS_WATCH` written to the device synchronously, holding the file's message mutex while
+    /// it waits for xenstored, and its xenbus reader thread needs that same mutex to deliver
+    /// the reply to any earlier request of the file; with two requests in flight both sleep
+    /// forever (the backend hangs in `xs_watch`). libxenstore never has two in flight either.
+    one_at_a_time: Option<tokio::sync::Mutex<()>>,
     pending: Mutex<HashMap<u32, oneshot::Sender<Message>>>,
     watches: Mutex<HashMap<String, WatchSlot>>,
     next_req: AtomicU32,
@@ -124,7 +130,7 @@ impl Xs {
     /// Runs the client over an already connected stream.
     pub fn from_stream(stream: UnixStream) -> Self {
         let (reader, writer) = stream.into_split();
-        let inner = Self::new_inner(Writer::Unix(writer));
+        let inner = Self::new_inner(Writer::Unix(writer), false);
         let reader_inner = Arc::downgrade(&inner);
         tokio::spawn(async move {
             let result = read_unix(reader, |m| {
@@ -154,7 +160,7 @@ impl Xs {
                 source: e,
             })?;
         let file = Arc::new(file);
-        let inner = Self::new_inner(Writer::Device(Arc::clone(&file)));
+        let inner = Self::new_inner(Writer::Device(Arc::clone(&file)), true);
         let reader_inner = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("xenbus-reader".into())
@@ -178,9 +184,10 @@ impl Xs {
         Ok(Self { inner, tx_id: 0 })
     }
 
-    fn new_inner(writer: Writer) -> Arc<Inner> {
+    fn new_inner(writer: Writer, one_at_a_time: bool) -> Arc<Inner> {
         Arc::new(Inner {
             writer: tokio::sync::Mutex::new(writer),
+            one_at_a_time: one_at_a_time.then(|| tokio::sync::Mutex::new(())),
             pending: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
             next_req: AtomicU32::new(1),
@@ -205,6 +212,10 @@ impl Xs {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        let _turn = match &self.inner.one_at_a_time {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
+        };
         let req_id = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
         let message = Message::new(type_, req_id, self.tx_id, payload)?;
         let (tx, rx) = oneshot::channel();
