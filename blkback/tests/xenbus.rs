@@ -226,6 +226,40 @@ async fn read_only_disk_and_reconnect_with_new_rings() {
     rig.backend_task.abort();
 }
 
+/// A guest that kexecs (or whose driver crashed) starts over without closing: its frontend
+/// jumps from `Connected` to `Initialising`. The backend releases the old rings, walks through
+/// `Closed` to `InitWait` (Linux netback's `set_backend_state`), and the new driver connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_that_starts_over_without_closing_reconnects() {
+    let rig = rig(BackendConfig::default()).await;
+    let (gxs, fe_dir, mut dev) =
+        attach_and_connect(&rig, 51712, 4 << 20, "w", FrontOptions::default()).await;
+    dev.queues[0].write(0, &[7u8; 4096]).unwrap();
+    let be = dev.backend_dir.clone();
+    let old_refs = dev.queues[0].ring_refs().to_vec();
+    gxs.write_state(&format!("{fe_dir}/state"), XenbusState::Initialising)
+        .await
+        .unwrap();
+    wait_state(&gxs, &format!("{be}/state"), Duration::from_secs(10), |s| {
+        s == XenbusState::InitWait
+    })
+    .await
+    .unwrap();
+    let hv = rig.host.hypervisor();
+    assert!(
+        old_refs
+            .iter()
+            .all(|&r| hv.grant_in_use(rig.guest.domid(), r) != Some(true)),
+        "the old rings were released"
+    );
+    drop(dev);
+    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .unwrap();
+    assert_eq!(dev.queues[0].read(0, 4096).unwrap(), vec![7u8; 4096]);
+    rig.backend_task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frontend_keys_are_refused() {
     let rig = rig(BackendConfig {

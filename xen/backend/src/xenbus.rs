@@ -8,7 +8,8 @@
 //! (the frontend's `state`, our own directory, and keys the driver names) re-read and act:
 //! frontend `Initialised`/`Connected` → driver connects → `Connected`; `Closing` → driver
 //! disconnects (every mapping and port released first) → `Closing`; `Closed` → `Closed`, and
-//! with `online` = 0 (or the backend directory gone) the device ends. A driver that reports a
+//! with `online` = 0 (or the backend directory gone) the device ends; a frontend that starts over
+//! (`Initialising`) takes the device back through `Closed` to `InitWait`. A driver that reports a
 //! misbehaving frontend gets the device taken down with an `error` key (`xenbus_dev_fatal`).
 
 use std::future::Future;
@@ -208,8 +209,18 @@ async fn step<D: DeviceDriver>(dev: &mut XenbusDevice, driver: &mut D) -> Result
     let ours = dev.state;
     match theirs {
         XenbusState::Initialising | XenbusState::InitWait
-            if ours == XenbusState::Closed && online =>
+            if online && ours != XenbusState::InitWait && ours != XenbusState::Unknown =>
         {
+            // A frontend that starts over. Watch events coalesce, so its `Closed` may never
+            // have been seen: walk Closing → Closed → InitWait as Linux netback's
+            // `set_backend_state` does, releasing everything on the way.
+            if ours != XenbusState::Closed {
+                driver.disconnect().await;
+                if ours != XenbusState::Closing {
+                    dev.set_state(XenbusState::Closing).await?;
+                }
+                dev.set_state(XenbusState::Closed).await?;
+            }
             dev.set_state(XenbusState::InitWait).await?;
         }
         XenbusState::Initialised | XenbusState::Connected if ours == XenbusState::InitWait => {
