@@ -193,6 +193,44 @@ pub struct DmOpInjectMsi {
     pub addr: u64,
 }
 
+/// `struct xen_dm_op_relocate_memory` (24 bytes): move `size` frames of the target from
+/// `src_gfn` to `dst_gfn` (how an emulator places VRAM behind a framebuffer BAR).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct DmOpRelocateMemory {
+    /// Frames to move.
+    pub size: u32,
+    /// Padding.
+    pub pad: u32,
+    /// First frame to move.
+    pub src_gfn: u64,
+    /// Where the first frame goes.
+    pub dst_gfn: u64,
+}
+
+/// `XENMEM_populate_physmap` (`public/memory.h`).
+pub const XENMEM_POPULATE_PHYSMAP: u64 = 6;
+/// `__HYPERVISOR_memory_op` (`public/xen.h`).
+pub const HYPERVISOR_MEMORY_OP: u64 = 12;
+
+/// `struct xen_memory_reservation` (32 bytes).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct XenMemoryReservation {
+    /// Guest handle of the `xen_pfn_t` array of gfns.
+    pub extent_start: u64,
+    /// Entries in it.
+    pub nr_extents: u64,
+    /// log2 of pages per extent.
+    pub extent_order: u32,
+    /// `XENMEMF_*`.
+    pub mem_flags: u32,
+    /// The domain.
+    pub domid: u16,
+    /// Padding.
+    pub pad: [u8; 6],
+}
+
 /// `struct xen_mem_acquire_resource` (32 bytes).
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]

@@ -229,6 +229,8 @@ fn ioreq_layout() {
 
 #[test]
 fn dm_op_layout() {
+    layout!(DmOpRelocateMemory, 24, size @ 0, src_gfn @ 8, dst_gfn @ 16);
+    layout!(XenMemoryReservation, 32, extent_start @ 0, nr_extents @ 8, extent_order @ 16, mem_flags @ 20, domid @ 24);
     layout!(XenDmOp, 32, op @ 0, u @ 8);
     layout!(DmOpCreateIoreqServer, 6, handle_bufioreq @ 0, id @ 4);
     layout!(DmOpGetIoreqServerInfo, 24, id @ 0, flags @ 2, bufioreq_port @ 4, ioreq_gfn @ 8, bufioreq_gfn @ 16);

@@ -132,6 +132,12 @@ pub trait DeviceModel: Send + Sync {
     ) -> Result<()>;
     /// `XEN_DMOP_nr_vcpus`.
     fn nr_vcpus(&self) -> Result<u32>;
+    /// `XENMEM_populate_physmap` for the target: gives it fresh RAM at `gfns` (an emulator's
+    /// VRAM, allocated before deprivileging).
+    fn populate_ram(&self, gfns: &[u64]) -> Result<()>;
+    /// `XEN_DMOP_relocate_memory`: moves `count` frames from `src_gfn` to `dst_gfn` (VRAM
+    /// following the framebuffer BAR the guest programmed).
+    fn relocate_memory(&self, src_gfn: u64, dst_gfn: u64, count: u32) -> Result<()>;
     /// `IOCTL_PRIVCMD_RESTRICT`: from now on this handle may only touch its target guest.
     fn restrict(&self) -> Result<()>;
 }

@@ -8,7 +8,8 @@ use std::ptr::NonNull;
 
 use xen_abi::dm_op::{
     xenmem_resource_ioreq_server_frame_ioreq, DmOpCreateIoreqServer, DmOpGetIoreqServerInfo,
-    IoServId, XenDmOp, XENMEM_RESOURCE_IOREQ_SERVER, XENMEM_RESOURCE_IOREQ_SERVER_FRAME_BUFIOREQ,
+    IoServId, XenDmOp, XenMemoryReservation, HYPERVISOR_MEMORY_OP, XENMEM_POPULATE_PHYSMAP,
+    XENMEM_RESOURCE_IOREQ_SERVER, XENMEM_RESOURCE_IOREQ_SERVER_FRAME_BUFIOREQ,
 };
 use xen_abi::linux::privcmd::*;
 use xen_abi::{DomId, PAGE_SIZE};
@@ -274,6 +275,52 @@ impl DeviceModel for Privcmd {
         })
     }
 
+    fn populate_ram(&self, gfns: &[u64]) -> Result<()> {
+        const OP: &str = "populate-physmap";
+        if gfns.is_empty() {
+            return Ok(());
+        }
+        // The reservation and its extent list must be memory the hypervisor may read: a
+        // hypercall buffer from /dev/xen/hypercall (what libxencall uses).
+        let buffer = HypercallBuffer::new()?;
+        for chunk in gfns.chunks(HypercallBuffer::EXTENTS) {
+            let arg = buffer.reservation(self.domid, chunk);
+            let mut call = PrivcmdHypercall {
+                op: HYPERVISOR_MEMORY_OP,
+                arg: [XENMEM_POPULATE_PHYSMAP, arg, 0, 0, 0],
+            };
+            // SAFETY: `call` is the 48-byte argument IOCTL_PRIVCMD_HYPERCALL expects; the
+            // reservation and extent list it points to live in `buffer`, alive for the call.
+            let done = unsafe {
+                libc::ioctl(
+                    self.file.as_raw_fd(),
+                    IOCTL_PRIVCMD_HYPERCALL as _,
+                    call.as_mut_bytes().as_mut_ptr(),
+                )
+            };
+            if done < 0 {
+                return Err(Error::Os {
+                    op: OP,
+                    source: io::Error::last_os_error(),
+                });
+            }
+            if done as usize != chunk.len() {
+                return Err(Error::Os {
+                    op: OP,
+                    source: io::Error::from_raw_os_error(libc::ENOMEM),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn relocate_memory(&self, src_gfn: u64, dst_gfn: u64, count: u32) -> Result<()> {
+        self.dm_op(
+            "relocate-memory",
+            &mut op::relocate_memory(src_gfn, dst_gfn, count),
+        )
+    }
+
     fn restrict(&self) -> Result<()> {
         let mut arg = PrivcmdRestrict { domid: self.domid };
         self.ioctl(
@@ -281,5 +328,86 @@ impl DeviceModel for Privcmd {
             IOCTL_PRIVCMD_RESTRICT,
             arg.as_mut_bytes().as_mut_ptr(),
         )
+    }
+}
+
+/// One page of `/dev/xen/hypercall` memory: safe to hand to the hypervisor by address.
+struct HypercallBuffer {
+    _file: File,
+    pages: PrivcmdPages,
+}
+
+impl HypercallBuffer {
+    fn new() -> Result<Self> {
+        const OP: &str = "hypercall-buffer";
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/xen/hypercall")
+            .map_err(|e| Error::Os { op: OP, source: e })?;
+        // SAFETY: a fresh shared mapping of one page of the hypercall device; the kernel
+        // chooses the address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Os {
+                op: OP,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or(Error::Invalid {
+            op: OP,
+            reason: "mmap returned null",
+        })?;
+        Ok(Self {
+            _file: file,
+            pages: PrivcmdPages {
+                ptr,
+                len: PAGE_SIZE,
+            },
+        })
+    }
+
+    /// Extents per call: the page less the reservation in front of them.
+    const EXTENTS: usize = (PAGE_SIZE - Self::LIST_OFFSET) / 8;
+    const LIST_OFFSET: usize = 64;
+
+    /// Writes a reservation of `gfns` (at most `EXTENTS`) for `domid` into the buffer and
+    /// returns the reservation's address.
+    fn reservation(&self, domid: DomId, gfns: &[u64]) -> u64 {
+        let base = self.pages.ptr.as_ptr();
+        let gfns = gfns.get(..Self::EXTENTS).unwrap_or(gfns);
+        for (i, gfn) in gfns.iter().enumerate() {
+            // SAFETY: LIST_OFFSET + 8 * i < PAGE_SIZE (i < EXTENTS), inside our one-page,
+            // page-aligned mapping, 8-aligned.
+            unsafe {
+                base.add(Self::LIST_OFFSET)
+                    .cast::<u64>()
+                    .add(i)
+                    .write_volatile(*gfn);
+            }
+        }
+        let reservation = XenMemoryReservation {
+            extent_start: base as u64 + Self::LIST_OFFSET as u64,
+            nr_extents: gfns.len() as u64,
+            domid,
+            ..XenMemoryReservation::default()
+        };
+        // SAFETY: the 32-byte reservation fits before LIST_OFFSET in our page; the page is
+        // 8-aligned.
+        unsafe {
+            base.cast::<XenMemoryReservation>()
+                .write_volatile(reservation)
+        };
+        base as u64
     }
 }

@@ -119,6 +119,19 @@ pub fn nr_vcpus() -> XenDmOp {
     with(XEN_DMOP_NR_VCPUS, &0u32)
 }
 
+/// `relocate_memory`.
+pub fn relocate_memory(src_gfn: u64, dst_gfn: u64, size: u32) -> XenDmOp {
+    with(
+        XEN_DMOP_RELOCATE_MEMORY,
+        &DmOpRelocateMemory {
+            size,
+            pad: 0,
+            src_gfn,
+            dst_gfn,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +166,11 @@ mod tests {
         assert_eq!((i.id, i.flags), (7, XEN_DMOP_NO_GFNS));
         assert_eq!(set_ioreq_server_state(2, true).u[..3], [2, 0, 1]);
         assert_eq!(op.as_bytes().len(), 32);
+        let op = relocate_memory(0x10_0000, 0xe_0000, 256);
+        let r: DmOpRelocateMemory = result(&op).unwrap();
+        assert_eq!(
+            (op.op, r.size, r.src_gfn, r.dst_gfn),
+            (XEN_DMOP_RELOCATE_MEMORY, 256, 0x10_0000, 0xe_0000)
+        );
     }
 }

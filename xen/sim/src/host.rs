@@ -114,12 +114,41 @@ impl Host {
         let (domid, token) = self.hv.create_domain(&DomainConfig {
             name: name.to_string(),
             mem_pages,
+            hvm_vcpus: None,
         })?;
         Ok(Credentials {
             run_dir: self.run_dir.clone(),
             domid,
             token,
         })
+    }
+
+    /// Creates an HVM guest with `vcpus` vCPUs and `mem_pages` pages of RAM at gfn 0.
+    pub fn create_hvm_domain(
+        &self,
+        name: &str,
+        mem_pages: u32,
+        vcpus: u32,
+    ) -> Result<Credentials, String> {
+        let (domid, token) = self.hv.create_domain(&DomainConfig {
+            name: name.to_string(),
+            mem_pages,
+            hvm_vcpus: Some(vcpus),
+        })?;
+        Ok(Credentials {
+            run_dir: self.run_dir.clone(),
+            domid,
+            token,
+        })
+    }
+
+    /// Makes `dm` the device model of HVM guest `target` (`XEN_DOMCTL_set_target`).
+    pub fn set_device_model(&self, dm: DomId, target: DomId) -> Result<(), String> {
+        match self.hv.lock().set_target(dm, target) {
+            crate::hv::proto::Reply::Ok => Ok(()),
+            crate::hv::proto::Reply::Error { message, .. } => Err(message),
+            other => Err(format!("{other:?}")),
+        }
     }
 
     /// Destroys a domain, killing its primary process.

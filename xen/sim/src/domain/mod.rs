@@ -9,6 +9,7 @@
 mod copybuf;
 mod evtchn;
 mod grant;
+mod hvm;
 mod memory;
 
 use std::io;
@@ -21,6 +22,7 @@ use xen_abi::DomId;
 
 pub use evtchn::SimEvtchn;
 pub use grant::{SimGrantedPages, SimGrants, SimMapping};
+pub use hvm::{SimDeviceModel, SimPages, SimVcpu};
 pub use memory::DomainMemory;
 
 use crate::hv::proto::{decode, encode, recv_frame, send_frame, Hello, Reply, Request};
@@ -224,6 +226,17 @@ impl SimDomain {
         DomainMemory::open(&HvConn::open(&self.creds, false)?)
     }
 
+    /// vCPU `index` of this HVM guest, to issue trapped accesses with.
+    pub fn vcpu(&self, index: u32) -> Result<SimVcpu> {
+        SimVcpu::open(&self.creds, index)
+    }
+
+    /// A device-model handle on HVM guest `target` (like opening `/dev/xen/privcmd`); the
+    /// hypervisor allows it for dom0 and for the domain made `target`'s device model.
+    pub fn device_model(&self, target: DomId) -> Result<SimDeviceModel> {
+        SimDeviceModel::open(&self.creds, target)
+    }
+
     /// A xenstore connection as this domain (like opening `/dev/xen/xenbus`).
     pub async fn xenstore(&self) -> Result<xen_store::Xs> {
         connect_xenstore(&self.creds).await
@@ -260,6 +273,37 @@ impl Control {
             }),
             other => Err(Error::Protocol(format!("{other:?}"))),
         }
+    }
+
+    /// Creates an HVM guest with `vcpus` vCPUs; returns its credentials.
+    pub fn create_hvm_domain(
+        &self,
+        run_dir: &Path,
+        name: &str,
+        mem_pages: u32,
+        vcpus: u32,
+    ) -> Result<Credentials> {
+        match self
+            .conn
+            .call(&Request::CreateHvmDomain {
+                name: name.to_string(),
+                mem_pages,
+                vcpus,
+            })?
+            .0
+        {
+            Reply::Created { domid, token } => Ok(Credentials {
+                run_dir: run_dir.to_path_buf(),
+                domid,
+                token,
+            }),
+            other => Err(Error::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Makes `dm` the device model of HVM guest `target` (`XEN_DOMCTL_set_target`).
+    pub fn set_target(&self, dm: DomId, target: DomId) -> Result<()> {
+        self.conn.call(&Request::SetTarget { dm, target }).map(drop)
     }
 
     /// Destroys a domain (kills its primary process).

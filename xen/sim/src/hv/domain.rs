@@ -19,6 +19,8 @@ pub(crate) const GNTTAB_FRAMES: usize = 32;
 pub(crate) const GNTTAB_ENTRIES: u32 = (GNTTAB_FRAMES * PAGE_SIZE / 8) as u32;
 /// Refs Linux keeps for the toolstack (console, xenstore); never handed out.
 const GNTTAB_RESERVED: u32 = 8;
+/// Most vCPUs of an HVM guest.
+pub(crate) const MAX_VCPUS: u32 = 128;
 /// Highest event channel port (2-level ABI on 64-bit: 4096 ports).
 pub(crate) const MAX_PORTS: Port = 4096;
 
@@ -29,6 +31,9 @@ pub struct DomainConfig {
     pub name: String,
     /// Memory in 4 KiB pages.
     pub mem_pages: u32,
+    /// `Some(vcpus)` for an HVM guest (its accesses to ports, MMIO and PCI config space go
+    /// to ioreq servers), `None` for a PV domain.
+    pub hvm_vcpus: Option<u32>,
 }
 
 /// What an event channel port is connected to.
@@ -71,6 +76,7 @@ pub(crate) struct Domain {
     pub(crate) deferred_end: HashSet<GrantRef>,
     pub(crate) ports: BTreeMap<Port, PortState>,
     pub(crate) primary: Option<(ConnId, Option<i32>)>,
+    pub(crate) hvm: Option<super::hvm::Hvm>,
 }
 
 fn random_token() -> String {
@@ -81,7 +87,7 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn memfd(name: &str, bytes: usize) -> std::io::Result<(File, MmapRaw)> {
+pub(crate) fn memfd(name: &str, bytes: usize) -> std::io::Result<(File, MmapRaw)> {
     let fd = nix::sys::memfd::memfd_create(
         &std::ffi::CString::new(name).map_err(std::io::Error::other)?,
         nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
@@ -107,6 +113,7 @@ impl Domain {
             deferred_end: HashSet::new(),
             ports: BTreeMap::new(),
             primary: None,
+            hvm: None,
         }
     }
 
@@ -132,7 +139,36 @@ impl Domain {
             deferred_end: HashSet::new(),
             ports: BTreeMap::new(),
             primary: None,
+            hvm: config
+                .hvm_vcpus
+                .map(|v| super::hvm::Hvm::new(v.clamp(1, MAX_VCPUS), config.mem_pages)),
         })
+    }
+
+    /// Adds `pages` pages at the end of the domain's memory (`populate_physmap`).
+    pub(crate) fn grow_memory(&mut self, pages: u32) -> std::io::Result<()> {
+        let Some((file, _)) = self.memory.take() else {
+            return Err(std::io::Error::other("the domain has no memory"));
+        };
+        let total = self
+            .mem_pages
+            .checked_add(pages)
+            .ok_or_else(|| std::io::Error::other("too much memory"))?;
+        let grown = file
+            .set_len(u64::from(total) * PAGE_SIZE as u64)
+            .and_then(|()| MmapRaw::map_raw(&file));
+        match grown {
+            Ok(map) => {
+                self.memory = Some((file, map));
+                self.mem_pages = total;
+                Ok(())
+            }
+            Err(e) => {
+                let map = MmapRaw::map_raw(&file)?;
+                self.memory = Some((file, map));
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn token_matches(&self, token: &str) -> bool {

@@ -11,7 +11,7 @@ use super::domain::{PortKind, PortState};
 use super::proto::Reply;
 use super::{error, Answer, ConnId, State};
 
-fn eventfd() -> std::io::Result<Arc<OwnedFd>> {
+pub(crate) fn eventfd() -> std::io::Result<Arc<OwnedFd>> {
     let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
     Ok(Arc::new(OwnedFd::from(fd)))
 }

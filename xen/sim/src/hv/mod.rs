@@ -14,8 +14,10 @@ mod copybuf;
 mod domain;
 mod evtchn;
 mod grants;
+mod hvm;
 pub mod proto;
 mod server;
+mod vcpu;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -54,6 +56,8 @@ pub(crate) struct Conn {
     pub(crate) fds_sent: HashSet<(DomId, bool)>,
     /// `IOCTL_EVTCHN_RESTRICT_DOMID`.
     pub(crate) evtchn_restrict: Option<DomId>,
+    /// `IOCTL_PRIVCMD_RESTRICT`.
+    pub(crate) privcmd_restrict: Option<DomId>,
 }
 
 /// The broker's state.
@@ -259,6 +263,7 @@ impl Hypervisor {
                 maps: HashMap::new(),
                 fds_sent: HashSet::new(),
                 evtchn_restrict: None,
+                privcmd_restrict: None,
             },
         );
         Ok(id)
@@ -315,7 +320,11 @@ impl Hypervisor {
                 if domid != 0 {
                     return dom0_only("create domains").into();
                 }
-                match self.create_domain(&DomainConfig { name, mem_pages }) {
+                match self.create_domain(&DomainConfig {
+                    name,
+                    mem_pages,
+                    hvm_vcpus: None,
+                }) {
                     Ok((domid, token)) => Reply::Created { domid, token }.into(),
                     Err(e) => error(libc::ENOMEM, e).into(),
                 }
@@ -330,6 +339,31 @@ impl Hypervisor {
                     error(libc::ESRCH, format!("domain {target} does not exist")).into()
                 }
             }
+            Request::CreateHvmDomain {
+                name,
+                mem_pages,
+                vcpus,
+            } => {
+                if domid != 0 {
+                    return dom0_only("create domains").into();
+                }
+                match self.create_domain(&DomainConfig {
+                    name,
+                    mem_pages,
+                    hvm_vcpus: Some(vcpus),
+                }) {
+                    Ok((domid, token)) => Reply::Created { domid, token }.into(),
+                    Err(e) => error(libc::ENOMEM, e).into(),
+                }
+            }
+            Request::SetTarget { dm, target } => {
+                if domid != 0 {
+                    return dom0_only("make a domain another's device model").into();
+                }
+                self.lock().set_target(dm, target).into()
+            }
+            Request::Access(access) => self.access(conn, &access).into(),
+            Request::WaitInterrupt { timeout_ms } => self.wait_interrupt(domid, timeout_ms).into(),
             Request::ListDomains => {
                 if domid != 0 {
                     return dom0_only("list domains").into();
@@ -423,6 +457,16 @@ impl State {
                 remote_port,
             } => self.bind_interdomain(conn, domid, remote, remote_port),
             Request::Unbind { port } => self.unbind(conn, domid, port).into(),
+            Request::DmOp { target, op } => self.dm_op(conn, domid, target, op).into(),
+            Request::MapIoreqPages { target, id } => self.map_ioreq_pages(conn, domid, target, id),
+            Request::MapForeign { target, gfns } => self.map_foreign(conn, domid, target, &gfns),
+            Request::RestrictPrivcmd { domid: target } => {
+                self.restrict_privcmd(conn, target).into()
+            }
+            Request::Translate { gfns } => match self.translate(domid, &gfns) {
+                Some(frames) => Reply::Frames(frames).into(),
+                None => error(libc::EOPNOTSUPP, "not an HVM guest").into(),
+            },
             Request::RestrictEvtchn { domid: target } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.evtchn_restrict = Some(target);

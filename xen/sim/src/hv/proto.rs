@@ -72,6 +72,131 @@ pub struct BufferedSegment {
     pub at: u32,
 }
 
+/// One trapped access of an HVM guest's vCPU.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Access {
+    /// The vCPU.
+    pub vcpu: u32,
+    /// Port I/O (else memory).
+    pub pio: bool,
+    /// Port or guest-physical address.
+    pub addr: u64,
+    /// Bytes per element.
+    pub size: u32,
+    /// Repetitions (rep string instructions).
+    pub count: u32,
+    /// A write (else a read).
+    pub write: bool,
+    /// The value written, or with `data_is_ptr` the guest-physical address of the data.
+    pub data: u64,
+    /// `data` is a guest-physical address.
+    pub data_is_ptr: bool,
+    /// The direction flag (addresses go down).
+    pub df: bool,
+}
+
+/// An interrupt a device model raised in an HVM guest.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Interrupt {
+    /// `XEN_DMOP_inject_msi`.
+    Msi {
+        /// MSI address.
+        addr: u64,
+        /// MSI data.
+        data: u32,
+    },
+    /// `XEN_DMOP_set_pci_intx_level`.
+    Intx {
+        /// Segment, bus, device, function.
+        sbdf: u32,
+        /// Pin (0 = INTA).
+        pin: u8,
+        /// Level.
+        level: u8,
+    },
+}
+
+/// A device-model operation (`XEN_DMOP_*`, and the memory ops a device model uses).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DmOp {
+    /// `create_ioreq_server`.
+    CreateServer {
+        /// `HVM_IOREQSRV_BUFIOREQ_*`.
+        bufioreq: u8,
+    },
+    /// `get_ioreq_server_info`.
+    ServerInfo {
+        /// Server.
+        id: u16,
+    },
+    /// `map_io_range_to_ioreq_server`.
+    MapRange {
+        /// Server.
+        id: u16,
+        /// `XEN_DMOP_IO_RANGE_*`.
+        kind: u32,
+        /// First.
+        start: u64,
+        /// Last (inclusive).
+        end: u64,
+    },
+    /// `unmap_io_range_from_ioreq_server`.
+    UnmapRange {
+        /// Server.
+        id: u16,
+        /// `XEN_DMOP_IO_RANGE_*`.
+        kind: u32,
+        /// First.
+        start: u64,
+        /// Last (inclusive).
+        end: u64,
+    },
+    /// `set_ioreq_server_state`.
+    SetState {
+        /// Server.
+        id: u16,
+        /// Enabled.
+        enabled: bool,
+    },
+    /// `destroy_ioreq_server`.
+    Destroy {
+        /// Server.
+        id: u16,
+    },
+    /// `inject_msi`.
+    InjectMsi {
+        /// Address.
+        addr: u64,
+        /// Data.
+        data: u32,
+    },
+    /// `set_pci_intx_level`.
+    SetPciIntx {
+        /// Segment, bus, device, function.
+        sbdf: u32,
+        /// Pin.
+        pin: u8,
+        /// Level.
+        level: u8,
+    },
+    /// `nr_vcpus`.
+    NrVcpus,
+    /// `XENMEM_populate_physmap` on the target.
+    Populate {
+        /// Where.
+        gfns: Vec<u64>,
+    },
+    /// `relocate_memory`.
+    Relocate {
+        /// First source frame.
+        src: u64,
+        /// First destination frame.
+        dst: u64,
+        /// Frames.
+        count: u32,
+    },
+}
+
 /// A request ("hypercall").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
@@ -159,6 +284,60 @@ pub enum Request {
         /// The domain.
         domid: DomId,
     },
+    /// dom0: create an HVM guest with `vcpus` vCPUs.
+    CreateHvmDomain {
+        /// Its name.
+        name: String,
+        /// RAM in 4 KiB pages.
+        mem_pages: u32,
+        /// vCPUs.
+        vcpus: u32,
+    },
+    /// dom0: make `dm` the device model of HVM guest `target` (`XEN_DOMCTL_set_target`).
+    SetTarget {
+        /// The device-model domain.
+        dm: DomId,
+        /// The guest.
+        target: DomId,
+    },
+    /// A device-model operation on `target`.
+    DmOp {
+        /// The guest.
+        target: DomId,
+        /// The operation.
+        op: DmOp,
+    },
+    /// Map an ioreq server's pages (descriptor in the reply).
+    MapIoreqPages {
+        /// The guest.
+        target: DomId,
+        /// The server.
+        id: u16,
+    },
+    /// Foreign mapping of `target`'s gfns: their frames and the guest's memory descriptor.
+    MapForeign {
+        /// The guest.
+        target: DomId,
+        /// The frames.
+        gfns: Vec<u64>,
+    },
+    /// Operate on no guest but this one from now on (`IOCTL_PRIVCMD_RESTRICT`).
+    RestrictPrivcmd {
+        /// The guest.
+        domid: DomId,
+    },
+    /// A vCPU of this HVM guest accesses a port, MMIO or RAM.
+    Access(Access),
+    /// This HVM guest's frames behind `gfns` (its own RAM, for bulk access).
+    Translate {
+        /// The frames.
+        gfns: Vec<u64>,
+    },
+    /// Wait up to `timeout_ms` for an interrupt a device model raised in this guest.
+    WaitInterrupt {
+        /// Milliseconds.
+        timeout_ms: u32,
+    },
 }
 
 /// A live domain, as listed.
@@ -245,6 +424,31 @@ pub enum Reply {
     },
     /// A port (descriptors: receive eventfd, notify eventfd).
     Port(Port),
+    /// An ioreq server was created.
+    ServerId(u16),
+    /// `get_ioreq_server_info`.
+    ServerInfo {
+        /// The buffered ring's port in the guest, if any.
+        bufioreq_port: Option<Port>,
+    },
+    /// A count (`nr_vcpus`).
+    Count(u32),
+    /// An ioreq server's pages (descriptor: buffered page first, then the slot pages).
+    IoreqPages {
+        /// Whether the server has a buffered ring.
+        buffered: bool,
+        /// Slot pages after the buffered page.
+        sync_pages: u32,
+    },
+    /// Frames behind gfns (`None` where unpopulated); a memory descriptor may be attached.
+    Frames(Vec<Option<u32>>),
+    /// A vCPU access completed (`data` for a read).
+    Accessed {
+        /// The value read.
+        data: u64,
+    },
+    /// An interrupt, or `None` after the timeout.
+    Interrupt(Option<Interrupt>),
 }
 
 fn options() -> impl Options {
