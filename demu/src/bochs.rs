@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use xen_abi::PAGE_SIZE;
 use xen_devicemodel::{DeviceModel, IoRange, IoRangeKind};
-use xen_ring::SharedMemory;
 
+use crate::engine::{Engine, Interrupt as EngineIrq, REGS_BYTES, REGS_OFFSET as ENGINE_REGS};
 use crate::ioreq::{Access, Device, Space};
-use crate::pci::{Bar, BarKind, ConfigSpace, Identity};
+use crate::mux::{Renderer, SharedSurface, Surface};
+use crate::pci::{Bar, BarKind, ConfigSpace, Identity, COMMAND_INTX_DISABLE, COMMAND_MASTER};
 
 /// Framebuffer bytes.
 pub const VRAM_BYTES: usize = 16 << 20;
@@ -96,11 +97,25 @@ pub struct Mode {
     pub offset: u32,
 }
 
-/// Where demu keeps the framebuffer while BAR0 does not decode.
+/// How to build a vGPU.
 #[derive(Debug, Clone, Copy)]
-pub struct Placement {
-    /// First gfn of the framebuffer's home (above the guest's RAM).
+pub struct VgpuConfig {
+    /// First gfn of the framebuffer's home while BAR0 does not decode (above the guest's RAM).
     pub home_gfn: u64,
+    /// Its share of the renderer relative to other vGPUs (at least 1).
+    pub weight: u32,
+    /// Most 2D commands it may have queued at the renderer.
+    pub queue_limit: usize,
+}
+
+impl Default for VgpuConfig {
+    fn default() -> Self {
+        Self {
+            home_gfn: 0x10_0000,
+            weight: 1,
+            queue_limit: 256,
+        }
+    }
 }
 
 /// The display device.
@@ -112,7 +127,8 @@ pub struct Vgpu<D: DeviceModel> {
     regs: [u16; REGS],
     vga: [u8; 0x20],
     qext_endian: u32,
-    vram: D::Foreign,
+    vram: Arc<SharedSurface<D::Foreign>>,
+    engine: Engine<D>,
     home_gfn: u64,
     vram_gfn: u64,
 }
@@ -121,12 +137,24 @@ fn vram_pages() -> u64 {
     (VRAM_BYTES / PAGE_SIZE) as u64
 }
 
-impl<D: DeviceModel> Vgpu<D> {
-    /// Builds the device at PCI `bdf` and allocates its framebuffer at `placement`.
-    pub fn new(dm: Arc<D>, bdf: u16, placement: Placement) -> xen_devicemodel::Result<Self> {
-        let gfns: Vec<u64> = (0..vram_pages()).map(|i| placement.home_gfn + i).collect();
+impl<D: DeviceModel + 'static> Vgpu<D> {
+    /// Builds the device at PCI `bdf`, allocates its framebuffer and registers it with the
+    /// renderer.
+    pub fn new(
+        dm: Arc<D>,
+        bdf: u16,
+        settings: VgpuConfig,
+        renderer: &Renderer,
+    ) -> xen_devicemodel::Result<Self> {
+        let gfns: Vec<u64> = (0..vram_pages()).map(|i| settings.home_gfn + i).collect();
         dm.populate_ram(&gfns)?;
-        let vram = dm.map_foreign(&gfns, true)?;
+        let vram = Arc::new(SharedSurface(dm.map_foreign(&gfns, true)?));
+        let client = renderer.client(
+            Arc::clone(&vram) as Arc<dyn Surface>,
+            settings.weight,
+            settings.queue_limit,
+        );
+        let engine = Engine::new(Arc::clone(&dm), client, VRAM_BYTES as u64);
         let config = ConfigSpace::new(
             Identity {
                 vendor: 0x1234,
@@ -164,8 +192,9 @@ impl<D: DeviceModel> Vgpu<D> {
             vga: [0; 0x20],
             qext_endian: QEXT_LITTLE_ENDIAN,
             vram,
-            home_gfn: placement.home_gfn,
-            vram_gfn: placement.home_gfn,
+            engine,
+            home_gfn: settings.home_gfn,
+            vram_gfn: settings.home_gfn,
         };
         vgpu.set_reg(dispi::ID, dispi::ID5);
         vgpu.set_reg(dispi::VIDEO_MEMORY_64K, (VRAM_BYTES >> 16) as u16);
@@ -188,8 +217,31 @@ impl<D: DeviceModel> Vgpu<D> {
     }
 
     /// The framebuffer (a mapping of guest memory).
-    pub fn vram(&self) -> &D::Foreign {
+    pub fn vram(&self) -> &SharedSurface<D::Foreign> {
         &self.vram
+    }
+
+    /// The 2D engine.
+    pub fn engine(&self) -> &Engine<D> {
+        &self.engine
+    }
+
+    /// How a completed fence interrupts the guest now.
+    fn interrupt(&self) -> EngineIrq {
+        if let Some((addr, data)) = self.config.msi() {
+            return EngineIrq::Msi(addr, data);
+        }
+        if self.config.command() & COMMAND_INTX_DISABLE != 0 {
+            return EngineIrq::None;
+        }
+        EngineIrq::Intx {
+            bus: (self.bdf >> 8) as u8,
+            device: ((self.bdf >> 3) & 0x1f) as u8,
+        }
+    }
+
+    fn bus_master(&self) -> bool {
+        self.config.command() & COMMAND_MASTER != 0
     }
 
     /// Where the framebuffer is in the guest's physical memory now (first gfn).
@@ -290,7 +342,7 @@ impl<D: DeviceModel> Vgpu<D> {
         let Some(mode) = self.mode() else { return };
         let len = (mode.stride as usize * mode.height as usize).min(self.vram.len());
         // SAFETY: `len <= vram.len()`; the framebuffer is guest memory, written bytewise.
-        unsafe { std::ptr::write_bytes(self.vram.as_ptr(), 0, len) };
+        unsafe { std::ptr::write_bytes(self.vram.ptr(), 0, len) };
     }
 
     /// A VGA register port (0x3c0–0x3df).
@@ -317,6 +369,9 @@ impl<D: DeviceModel> Vgpu<D> {
                 self.dispi_read(((o - MMIO_DISPI) / 2) as u16).into()
             }
             o if o == MMIO_QEXT && size == 4 => QEXT_SIZE.into(),
+            o if (ENGINE_REGS..ENGINE_REGS + REGS_BYTES).contains(&o) && size == 4 => {
+                self.engine.read(o - ENGINE_REGS).into()
+            }
             o if o == MMIO_QEXT + 4 && size == 4 => self.qext_endian.into(),
             _ => 0, // EDID block and unused registers
         }
@@ -331,6 +386,11 @@ impl<D: DeviceModel> Vgpu<D> {
             }
             o if (MMIO_DISPI..MMIO_DISPI + 2 * REGS as u64).contains(&o) && size == 2 => {
                 self.dispi_write(((o - MMIO_DISPI) / 2) as u16, value as u16);
+            }
+            o if (ENGINE_REGS..ENGINE_REGS + REGS_BYTES).contains(&o) && size == 4 => {
+                let (bus_master, irq) = (self.bus_master(), self.interrupt());
+                self.engine
+                    .write(o - ENGINE_REGS, value as u32, bus_master, irq);
             }
             o if o == MMIO_QEXT + 4 && size == 4 => {
                 // Only little-endian framebuffers are supported; the register keeps its value.
@@ -348,7 +408,7 @@ impl<D: DeviceModel> Vgpu<D> {
             return u64::MAX;
         }
         // SAFETY: `at + len <= vram.len()` (checked); guest memory, accessed bytewise.
-        let p = unsafe { self.vram.as_ptr().add(at as usize) };
+        let p = unsafe { self.vram.ptr().add(at as usize) };
         let mut value = 0u64;
         for i in 0..len {
             // SAFETY: i < len, inside the checked range.
@@ -379,7 +439,7 @@ impl<D: DeviceModel> Vgpu<D> {
     }
 }
 
-impl<D: DeviceModel> Device for Vgpu<D> {
+impl<D: DeviceModel + 'static> Device for Vgpu<D> {
     fn bdf(&self) -> u16 {
         self.bdf
     }
@@ -411,6 +471,12 @@ impl<D: DeviceModel> Device for Vgpu<D> {
             });
         }
         ranges
+    }
+
+    fn service(&mut self) -> bool {
+        let (bus_master, irq) = (self.bus_master(), self.interrupt());
+        self.engine.service(bus_master, irq);
+        self.engine.pending()
     }
 
     fn read(&mut self, a: &Access) -> u64 {

@@ -3,9 +3,9 @@
 use std::io::Write;
 
 use xen_devicemodel::DeviceModel;
-use xen_ring::SharedMemory;
 
 use crate::bochs::{Mode, Vgpu};
+use crate::mux::Surface;
 
 /// A captured screen: `width × height` pixels, 3 bytes (R, G, B) each, row by row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,7 @@ fn to_rgb(bpp: u32, px: &[u8]) -> [u8; 3] {
 }
 
 /// Captures the visible screen of `vgpu`; `None` while the display is off.
-pub fn capture<D: DeviceModel>(vgpu: &Vgpu<D>) -> Option<Screen> {
+pub fn capture<D: DeviceModel + 'static>(vgpu: &Vgpu<D>) -> Option<Screen> {
     let Mode {
         width,
         height,
@@ -82,7 +82,7 @@ pub fn capture<D: DeviceModel>(vgpu: &Vgpu<D>) -> Option<Screen> {
         // SAFETY: `start + line.len() <= vram.len()` (checked); the framebuffer is guest
         // memory the guest may be writing, copied bytewise into our buffer.
         unsafe {
-            std::ptr::copy_nonoverlapping(vram.as_ptr().add(start), line.as_mut_ptr(), line.len())
+            std::ptr::copy_nonoverlapping(vram.ptr().add(start), line.as_mut_ptr(), line.len())
         };
         for px in line.chunks_exact(bytes) {
             rgb.extend_from_slice(&to_rgb(bpp, px));

@@ -77,6 +77,11 @@ pub trait Device: Send {
     fn read(&mut self, access: &Access) -> u64;
     /// A write.
     fn write(&mut self, access: &Access);
+    /// Background work between requests (a 2D engine feeding its renderer); returns whether
+    /// work is still waiting, so the caller comes back soon.
+    fn service(&mut self) -> bool {
+        false
+    }
 }
 
 /// Counters of one server.

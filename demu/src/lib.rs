@@ -8,6 +8,8 @@
 
 pub mod bochs;
 pub mod display;
+pub mod engine;
 pub mod ioreq;
+pub mod mux;
 pub mod pci;
 pub mod runner;

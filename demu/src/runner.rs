@@ -12,6 +12,8 @@ use crate::ioreq::{Counters, Device, Server};
 
 /// How long the thread waits for events before looking at its mailbox.
 const MAILBOX_INTERVAL: Duration = Duration::from_millis(10);
+/// How soon the thread comes back while its device has work waiting.
+const BUSY_INTERVAL: Duration = Duration::from_millis(1);
 
 type Job<V> = Box<dyn FnOnce(&mut V, Counters) + Send>;
 
@@ -32,7 +34,13 @@ where
     let thread = std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || loop {
-            if let Err(e) = server.poll_once(MAILBOX_INTERVAL) {
+            let busy = server.device_mut().service();
+            let wait = if busy {
+                BUSY_INTERVAL
+            } else {
+                MAILBOX_INTERVAL
+            };
+            if let Err(e) = server.poll_once(wait) {
                 tracing::error!("the ioreq server stopped: {e}");
                 return;
             }

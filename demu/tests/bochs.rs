@@ -122,7 +122,7 @@ async fn banked_window_writes_go_through_the_buffered_ring() {
     );
     let (first, counters) = demu
         .with(|v, c| {
-            let vram = xen_ring::SharedMemory::as_ptr(v.vram());
+            let vram = demu::mux::Surface::ptr(v.vram());
             // SAFETY: bank 3 starts 192 KiB into the 16 MiB framebuffer mapping.
             let first = unsafe { vram.add(3 << 16).cast::<u64>().read_volatile() };
             (first, c)

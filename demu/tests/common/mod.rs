@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use demu::bochs::{Placement, Vgpu};
+use demu::bochs::{Vgpu, VgpuConfig};
 use demu::ioreq::Server;
+use demu::mux::Renderer;
 use demu::runner::{self, Running};
 use xen_sim::domain::{SimDeviceModel, SimVcpu};
 use xen_sim::{Host, SimDomain};
@@ -26,10 +27,16 @@ pub struct Rig {
     pub host: Host,
     pub _dir: tempfile::TempDir,
     pub gpu_dd: SimDomain,
-    pub guest: SimDomain,
+    pub guests: Vec<SimDomain>,
+    pub renderer: Renderer,
 }
 
 pub async fn rig(vcpus: u32) -> Rig {
+    rig_with(1, vcpus).await
+}
+
+/// A host with `guests` HVM guests of `vcpus` vCPUs, all emulated by one gpu-dd.
+pub async fn rig_with(guests: usize, vcpus: u32) -> Rig {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -37,37 +44,50 @@ pub async fn rig(vcpus: u32) -> Rig {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let host = Host::start(&dir.path().join("run")).await.unwrap();
     let gpu_dd = SimDomain::new(host.create_domain("gpu-dd", 64).unwrap());
-    let guest = SimDomain::new(host.create_hvm_domain("hvm-guest", 16384, vcpus).unwrap());
-    host.set_device_model(gpu_dd.domid(), guest.domid())
-        .unwrap();
+    let guests = (0..guests)
+        .map(|i| {
+            let g = SimDomain::new(
+                host.create_hvm_domain(&format!("hvm-guest{i}"), 16384, vcpus)
+                    .unwrap(),
+            );
+            host.set_device_model(gpu_dd.domid(), g.domid()).unwrap();
+            g
+        })
+        .collect();
     Rig {
         host,
         _dir: dir,
         gpu_dd,
-        guest,
+        guests,
+        renderer: Renderer::start().unwrap(),
     }
 }
 
 impl Rig {
-    /// Starts demu for the guest's vGPU at `BDF`, deprivileged, on its own thread.
+    /// Starts demu for the first guest's vGPU.
     pub fn start_demu(&self) -> Running<SimVgpu> {
-        let dm = Arc::new(self.gpu_dd.device_model(self.guest.domid()).unwrap());
-        let vgpu = Vgpu::new(
-            Arc::clone(&dm),
-            BDF,
-            Placement {
-                home_gfn: VRAM_HOME_GFN,
-            },
-        )
-        .unwrap();
+        self.start_demu_for(0, 1)
+    }
+
+    /// Starts demu for guest `g`'s vGPU at `BDF` with renderer weight `weight`, deprivileged,
+    /// on its own thread.
+    pub fn start_demu_for(&self, g: usize, weight: u32) -> Running<SimVgpu> {
+        let target = self.guests[g].domid();
+        let dm = Arc::new(self.gpu_dd.device_model(target).unwrap());
+        let config = VgpuConfig {
+            home_gfn: VRAM_HOME_GFN,
+            weight,
+            queue_limit: 64,
+        };
+        let vgpu = Vgpu::new(Arc::clone(&dm), BDF, config, &self.renderer).unwrap();
         let evtchn = self.gpu_dd.evtchn().unwrap();
-        let server = Server::start(dm, evtchn, self.guest.domid(), vgpu).unwrap();
+        let server = Server::start(dm, evtchn, target, vgpu).unwrap();
         server.deprivilege().unwrap();
-        runner::spawn(server, "demu").unwrap()
+        runner::spawn(server, &format!("demu-{target}")).unwrap()
     }
 
     pub fn vcpu(&self, n: u32) -> SimVcpu {
-        self.guest.vcpu(n).unwrap()
+        self.guests[0].vcpu(n).unwrap()
     }
 }
 
