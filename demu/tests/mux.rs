@@ -1,0 +1,100 @@
+//! Four vGPUs in one gpu-dd share one renderer: under a saturating 2D load from every guest,
+//! each gets its fair share (within 20%) of the renderer's pixels and busy time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use demu::engine::{opcode, reg, Command, CONTROL_ENABLE, CONTROL_IRQ, REGS_OFFSET};
+use zerocopy::IntoBytes;
+
+const RING: u64 = 0x10_0000;
+const ENTRIES: u32 = 2048;
+
+/// Guest `g`: BARs, MSI, a mode, and a ring holding `ENTRIES - 1` fills and a fence.
+fn load(rig: &Rig, g: usize) -> xen_sim::domain::SimVcpu {
+    let drv = Driver {
+        cpu: rig.guests[g].vcpu(0).unwrap(),
+    };
+    drv.enable(FB_BAR, MMIO_BAR);
+    let cap = drv.cfg_read(0x34, 1) as u8;
+    drv.cfg_write(cap + 4, 4, 0xfee0_0000);
+    drv.cfg_write(cap + 12, 2, 0x40 + g as u64);
+    drv.cfg_write(cap + 2, 2, 1);
+    drv.set_mode(1024, 768, 32);
+    let mut ram = rig.guests[g].vcpu(1).unwrap();
+    let mut ring = Vec::with_capacity(ENTRIES as usize * 64);
+    for i in 0..ENTRIES - 1 {
+        let c = Command {
+            opcode: opcode::FILL,
+            arg: i,
+            dst_offset: 0,
+            dst_pitch: 4096,
+            width: 256,
+            height: 128,
+            ..Command::default()
+        };
+        ring.extend_from_slice(c.as_bytes());
+    }
+    let fence = Command {
+        opcode: opcode::FENCE,
+        arg: 1,
+        ..Command::default()
+    };
+    ring.extend_from_slice(fence.as_bytes());
+    ram.write_ram(RING, &ring).unwrap();
+    let w = |r: u64, v: u64| drv.cpu.mmio_write(MMIO_BAR + REGS_OFFSET + r, 4, v).unwrap();
+    w(reg::RING_LO, RING);
+    w(reg::RING_HI, 0);
+    w(reg::RING_ENTRIES, ENTRIES.into());
+    w(reg::CONTROL, u64::from(CONTROL_ENABLE | CONTROL_IRQ));
+    drv.cpu
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_vgpus_under_saturating_load_get_fair_shares() {
+    let rig = rig_with(4, 2).await;
+    let demus: Vec<_> = (0..4).map(|g| rig.start_demu_for(g, 1)).collect();
+    let cpus: Vec<_> = (0..4).map(|g| load(&rig, g)).collect();
+    // Ring every doorbell, then wait for the first guest to finish.
+    for cpu in &cpus {
+        cpu.mmio_write(MMIO_BAR + REGS_OFFSET + reg::TAIL, 4, ENTRIES.into())
+            .unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiters: Vec<_> = cpus
+        .into_iter()
+        .enumerate()
+        .map(|(g, cpu)| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let irq = cpu.wait_interrupt(Duration::from_secs(60)).unwrap();
+                let _ = tx.send((g, irq));
+            })
+        })
+        .collect();
+    let (first, irq) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(irq.is_some(), "guest {first} finished");
+    let shares: Vec<_> = demus
+        .iter()
+        .map(|d| d.with(|v, _| v.engine().client().counters()).unwrap())
+        .collect();
+    let mean_pixels = shares.iter().map(|c| c.pixels).sum::<u64>() as f64 / 4.0;
+    let mean_busy = shares.iter().map(|c| c.busy_ns).sum::<u64>() as f64 / 4.0;
+    for c in &shares {
+        assert!(
+            (c.pixels as f64 - mean_pixels).abs() / mean_pixels < 0.2,
+            "pixels {shares:?}"
+        );
+        assert!(
+            (c.busy_ns as f64 - mean_busy).abs() / mean_busy < 0.2,
+            "busy time {shares:?}"
+        );
+    }
+    for w in waiters {
+        w.join().unwrap();
+    }
+}
