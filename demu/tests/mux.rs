@@ -46,7 +46,11 @@ fn load(rig: &Rig, g: usize) -> xen_sim::domain::SimVcpu {
     };
     ring.extend_from_slice(fence.as_bytes());
     ram.write_ram(RING, &ring).unwrap();
-    let w = |r: u64, v: u64| drv.cpu.mmio_write(MMIO_BAR + REGS_OFFSET + r, 4, v).unwrap();
+    let w = |r: u64, v: u64| {
+        drv.cpu
+            .mmio_write(MMIO_BAR + REGS_OFFSET + r, 4, v)
+            .unwrap()
+    };
     w(reg::RING_LO, RING);
     w(reg::RING_HI, 0);
     w(reg::RING_ENTRIES, ENTRIES.into());

@@ -195,6 +195,15 @@ impl SimDeviceModel {
         self.target
     }
 
+    /// A handle on another guest over the same connection (one privcmd descriptor used for
+    /// several guests; a restriction applies to all of them).
+    pub fn for_target(&self, target: DomId) -> Self {
+        Self {
+            conn: Arc::clone(&self.conn),
+            target,
+        }
+    }
+
     fn op(&self, name: &'static str, op: DmOp) -> xen_devicemodel::Result<Reply> {
         self.conn
             .call(&Request::DmOp {

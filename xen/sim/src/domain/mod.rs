@@ -306,6 +306,50 @@ impl Control {
         self.conn.call(&Request::SetTarget { dm, target }).map(drop)
     }
 
+    /// Robustness tests: writes `raw` into vCPU `vcpu`'s slot of ioreq server `id` of
+    /// `target`, notifies the emulator and waits up to `wait` for its answer; the slot's
+    /// bytes afterwards.
+    pub fn inject_ioreq(
+        &self,
+        target: DomId,
+        id: u16,
+        vcpu: u32,
+        raw: [u8; 32],
+        wait: std::time::Duration,
+    ) -> Result<Vec<u8>> {
+        let request = Request::InjectIoreq {
+            target,
+            id,
+            vcpu,
+            raw: serde_bytes::ByteBuf::from(raw.to_vec()),
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        match self.conn.call(&request)?.0 {
+            Reply::Raw(bytes) => Ok(bytes.into_vec()),
+            other => Err(Error::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Robustness tests: writes raw buffered-ring slots and pointers of ioreq server `id` of
+    /// `target` and notifies the emulator.
+    pub fn inject_buffered(
+        &self,
+        target: DomId,
+        id: u16,
+        slots: Vec<(u32, u64)>,
+        read_pointer: Option<u32>,
+        write_pointer: u32,
+    ) -> Result<()> {
+        let request = Request::InjectBuffered {
+            target,
+            id,
+            slots,
+            read_pointer,
+            write_pointer,
+        };
+        self.conn.call(&request).map(drop)
+    }
+
     /// Destroys a domain (kills its primary process).
     pub fn destroy_domain(&self, domid: DomId) -> Result<()> {
         self.conn.call(&Request::DestroyDomain { domid }).map(drop)

@@ -363,6 +363,31 @@ impl Hypervisor {
                 self.lock().set_target(dm, target).into()
             }
             Request::Access(access) => self.access(conn, &access).into(),
+            Request::InjectIoreq {
+                target,
+                id,
+                vcpu,
+                raw,
+                wait_ms,
+            } => {
+                if domid != 0 {
+                    return dom0_only("inject ioreqs").into();
+                }
+                self.inject_ioreq(target, id, vcpu, &raw, wait_ms).into()
+            }
+            Request::InjectBuffered {
+                target,
+                id,
+                slots,
+                read_pointer,
+                write_pointer,
+            } => {
+                if domid != 0 {
+                    return dom0_only("inject buffered ioreqs").into();
+                }
+                self.inject_buffered(target, id, &slots, read_pointer, write_pointer)
+                    .into()
+            }
             Request::WaitInterrupt { timeout_ms } => self.wait_interrupt(domid, timeout_ms).into(),
             Request::ListDomains => {
                 if domid != 0 {

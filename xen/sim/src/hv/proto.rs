@@ -338,6 +338,35 @@ pub enum Request {
         /// Milliseconds.
         timeout_ms: u32,
     },
+    /// dom0, for robustness tests: write `raw` (32 bytes) into vCPU `vcpu`'s slot of server
+    /// `id` of `target` as it stands (state byte last), notify the vCPU's port, and wait up to
+    /// `wait_ms` for the emulator's answer. Replies with the slot's bytes afterwards.
+    InjectIoreq {
+        /// The guest.
+        target: DomId,
+        /// The server.
+        id: u16,
+        /// The slot.
+        vcpu: u32,
+        /// The slot's new bytes.
+        raw: ByteBuf,
+        /// How long to wait for `STATE_IORESP_READY`.
+        wait_ms: u32,
+    },
+    /// dom0, for robustness tests: write `slots` (index, raw 8 bytes) into the buffered ring
+    /// of server `id` of `target`, then set its pointers and notify its port.
+    InjectBuffered {
+        /// The guest.
+        target: DomId,
+        /// The server.
+        id: u16,
+        /// Slot index and raw value.
+        slots: Vec<(u32, u64)>,
+        /// New read pointer, if any.
+        read_pointer: Option<u32>,
+        /// New write pointer.
+        write_pointer: u32,
+    },
 }
 
 /// A live domain, as listed.
@@ -449,6 +478,8 @@ pub enum Reply {
     },
     /// An interrupt, or `None` after the timeout.
     Interrupt(Option<Interrupt>),
+    /// Raw bytes (an ioreq slot).
+    Raw(ByteBuf),
 }
 
 fn options() -> impl Options {

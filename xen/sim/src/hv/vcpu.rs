@@ -427,3 +427,109 @@ fn wait_readable(fd: &OwnedFd, timeout: Duration) {
         let _ = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(fd), &mut buf);
     }
 }
+
+impl Hypervisor {
+    /// Writes raw bytes into a slot and waits for the emulator (robustness tests).
+    pub(crate) fn inject_ioreq(
+        &self,
+        target: DomId,
+        id: IoServId,
+        vcpu: u32,
+        raw: &[u8],
+        wait_ms: u32,
+    ) -> Reply {
+        let Ok(raw) = <[u8; 32]>::try_from(raw) else {
+            return error(libc::EINVAL, "an ioreq slot is 32 bytes");
+        };
+        let (pages, rx, tx) = {
+            let st = self.lock();
+            let Some(dom) = st.domains.get(&target) else {
+                return error(libc::ESRCH, "no such domain");
+            };
+            let Some(server) = dom.hvm.as_ref().and_then(|h| h.servers.get(&id)) else {
+                return error(libc::ENOENT, format!("no ioreq server {id}"));
+            };
+            let Some(port) = server
+                .vcpu_ports
+                .get(vcpu as usize)
+                .and_then(|p| dom.ports.get(p))
+            else {
+                return error(libc::EINVAL, format!("no vCPU {vcpu}"));
+            };
+            (
+                Arc::clone(&server.pages),
+                Arc::clone(&port.rx),
+                Arc::clone(&port.tx),
+            )
+        };
+        // SAFETY: vcpu < vcpus (its port exists), so the slot lies inside the pages.
+        let slot = unsafe { pages.1.as_mut_ptr().add(PAGE_SIZE + vcpu as usize * 32) };
+        for (i, b) in raw.iter().enumerate() {
+            if i != IOREQ_STATE_BYTE_OFFSET {
+                // SAFETY: i < 32, inside the slot.
+                unsafe { slot.add(i).write_volatile(*b) };
+            }
+        }
+        fence(Ordering::Release);
+        // SAFETY: the state byte of the slot; accessed atomically.
+        let state = unsafe { AtomicU8::from_ptr(slot.add(IOREQ_STATE_BYTE_OFFSET)) };
+        state.store(raw[IOREQ_STATE_BYTE_OFFSET], Ordering::Release);
+        notify(&tx);
+        let deadline = Instant::now() + Duration::from_millis(wait_ms.into());
+        while Instant::now() < deadline {
+            if state.load(Ordering::Acquire) & 0x0f == STATE_IORESP_READY {
+                break;
+            }
+            wait_readable(&rx, Duration::from_millis(5));
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: i < 32, inside the slot.
+            *b = unsafe { slot.add(i).read_volatile() };
+        }
+        if state.load(Ordering::Acquire) & 0x0f == STATE_IORESP_READY {
+            state.store(STATE_IOREQ_NONE, Ordering::Release);
+        }
+        Reply::Raw(serde_bytes::ByteBuf::from(out.to_vec()))
+    }
+
+    /// Writes raw buffered slots and pointers, then notifies (robustness tests).
+    pub(crate) fn inject_buffered(
+        &self,
+        target: DomId,
+        id: IoServId,
+        slots: &[(u32, u64)],
+        read_pointer: Option<u32>,
+        write_pointer: u32,
+    ) -> Reply {
+        let st = self.lock();
+        let Some(dom) = st.domains.get(&target) else {
+            return error(libc::ESRCH, "no such domain");
+        };
+        let Some(server) = dom.hvm.as_ref().and_then(|h| h.servers.get(&id)) else {
+            return error(libc::ENOENT, format!("no ioreq server {id}"));
+        };
+        let base = server.pages.1.as_mut_ptr();
+        for &(index, value) in slots {
+            let index = index as usize % IOREQ_BUFFER_SLOT_NUM;
+            // SAFETY: slot index < 511: 8 + 8 * index < 4096, inside the buffered page.
+            unsafe { base.add(8 + 8 * index).cast::<u64>().write_volatile(value) };
+        }
+        fence(Ordering::Release);
+        // SAFETY: the pointer words at the start of the buffered page; accessed atomically.
+        let (read, write) = unsafe {
+            (
+                AtomicU32::from_ptr(base.cast::<u32>()),
+                AtomicU32::from_ptr(base.add(4).cast::<u32>()),
+            )
+        };
+        if let Some(r) = read_pointer {
+            read.store(r, Ordering::Release);
+        }
+        write.store(write_pointer, Ordering::Release);
+        if let Some(port) = server.buf_port.and_then(|p| dom.ports.get(&p)) {
+            notify(&port.tx);
+        }
+        Reply::Ok
+    }
+}
