@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use xen_abi::dm_op::IoServId;
 use xen_devicemodel::DeviceModel;
 use xen_evtchn::EventChannel;
 
@@ -19,6 +20,7 @@ type Job<V> = Box<dyn FnOnce(&mut V, Counters) + Send>;
 
 /// A server running on its thread; stopped (and its ioreq server destroyed) on drop.
 pub struct Running<V> {
+    id: IoServId,
     jobs: Option<mpsc::Sender<Job<V>>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -30,6 +32,7 @@ where
     E: EventChannel + 'static,
     V: Device + 'static,
 {
+    let id = server.id();
     let (tx, rx) = mpsc::channel::<Job<V>>();
     let thread = std::thread::Builder::new()
         .name(name.to_string())
@@ -56,12 +59,18 @@ where
             }
         })?;
     Ok(Running {
+        id,
         jobs: Some(tx),
         thread: Some(thread),
     })
 }
 
 impl<V: 'static> Running<V> {
+    /// The ioreq server's id.
+    pub fn server_id(&self) -> IoServId {
+        self.id
+    }
+
     /// Runs `f` on the server's thread between two requests and returns its result; `None`
     /// if the server has stopped.
     pub fn with<R: Send + 'static>(

@@ -10,7 +10,7 @@ use demu::ioreq::Server;
 use demu::mux::Renderer;
 use demu::runner::{self, Running};
 use xen_sim::domain::{SimDeviceModel, SimVcpu};
-use xen_sim::{Host, SimDomain};
+pub use xen_sim::{Host, SimDomain};
 
 /// The vGPU's PCI function: 00:02.0, where QEMU puts its VGA device.
 pub const BDF: u16 = 2 << 3;
