@@ -13,3 +13,4 @@ pub mod ioreq;
 pub mod mux;
 pub mod pci;
 pub mod runner;
+pub mod vnc;
