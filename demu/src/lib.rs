@@ -7,6 +7,7 @@
 //! on the simulated host (`xen_sim::SimDomain::device_model`).
 
 pub mod bochs;
+pub mod cli;
 pub mod display;
 pub mod engine;
 pub mod ioreq;

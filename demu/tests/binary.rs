@@ -1,0 +1,106 @@
+//! The `demu` program as a GPU driver domain runs it: started for a guest, it answers the
+//! guest's vGPU, writes screenshots on SIGUSR1 and counters once a second, refuses bad
+//! arguments with one sentence, and on SIGTERM destroys its ioreq server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn demu(rig: &Rig) -> tokio::process::Command {
+    let mut cmd = Host::command(rig.gpu_dd.credentials(), env!("CARGO_BIN_EXE_demu"));
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demu_serves_screenshots_and_stops_cleanly() {
+    let rig = rig(1).await;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let shots = dir.path().join("shots");
+    let stats = dir.path().join("stats.json");
+    let guest = rig.guests[0].domid();
+    let mut child = demu(&rig)
+        .arg("--vgpu")
+        .arg(format!("domid={guest},bdf=00:02.0,weight=2"))
+        .arg("--screenshot-dir")
+        .arg(&shots)
+        .arg("--stats-file")
+        .arg(&stats)
+        .spawn()
+        .unwrap();
+    let drv = Driver { cpu: rig.vcpu(0) };
+    eventually("the vGPU to answer", || {
+        drv.cfg_read(0x00, 4) == 0x1111_1234
+    })
+    .await;
+    drv.enable(FB_BAR, MMIO_BAR);
+    drv.set_mode(640, 480, 32);
+    let mut ram = rig.vcpu(0);
+    ram.write_ram(FB_BAR, &pattern(640, 480, 2560)).unwrap();
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    let png = shots.join(format!("vgpu-{guest}.png"));
+    eventually("the screenshot", || png.exists()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut reader = png::Decoder::new(std::fs::File::open(&png).unwrap())
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (640, 480));
+    for (x, y) in [(0, 0), (639, 0), (17, 300), (639, 479)] {
+        let at = (y * 640 + x) as usize * 3;
+        assert_eq!((buf[at], buf[at + 1], buf[at + 2]), pattern_pixel(x, y));
+    }
+    eventually("the stats file", || {
+        std::fs::read_to_string(&stats)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .is_some_and(|v| v[0]["requests"].as_u64().unwrap_or(0) > 10)
+    })
+    .await;
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(drv.cfg_read(0x00, 4), 0xffff_ffff, "the device is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_get_one_clear_sentence() {
+    let rig = rig(1).await;
+    for (args, needle) in [
+        (vec!["--vgpu", "domid=x"], "is not a domain id"),
+        (vec!["--vgpu", "domid=3,bdf=zz"], "is not a PCI address"),
+        (
+            vec!["--platform", "kvm", "--vgpu", "domid=3"],
+            "choose sim or xen",
+        ),
+        (vec!["--vgpu", "domid=99"], "domain 99"),
+    ] {
+        let out = demu(&rig).args(&args).output().await.unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+            "{err}"
+        );
+    }
+}
