@@ -6,6 +6,7 @@
 //! The same code runs on real Xen (`xen_devicemodel::linux::Privcmd`, `/dev/xen/evtchn`) and
 //! on the simulated host (`xen_sim::SimDomain::device_model`).
 
+pub mod bench;
 pub mod bochs;
 pub mod cli;
 pub mod display;
