@@ -240,8 +240,17 @@ fn screenshots<D: DeviceModel + 'static>(vgpus: &[Emulated<D>], dir: &std::path:
                             .write_png(std::io::BufWriter::new(f))
                             .map_err(|e| e.to_string())
                     });
+                let (colours, dominant) = palette(&screen);
                 match written {
-                    Ok(()) => tracing::info!(path = %path.display(), "screenshot written"),
+                    Ok(()) => tracing::info!(
+                        "screenshot written: {} width={} height={} colours={colours} dominant={:02x}{:02x}{:02x}",
+                        path.display(),
+                        screen.width,
+                        screen.height,
+                        dominant[0],
+                        dominant[1],
+                        dominant[2]
+                    ),
                     Err(err) => {
                         tracing::warn!(path = %path.display(), "cannot write the screenshot: {err}")
                     }
@@ -250,6 +259,26 @@ fn screenshots<D: DeviceModel + 'static>(vgpus: &[Emulated<D>], dir: &std::path:
             None => tracing::info!(domid = e.domid, "no screenshot: the guest's display is off"),
         }
     }
+}
+
+/// How many distinct colours a screen has (counting stops at 4096) and its most common one.
+fn palette(screen: &display::Screen) -> (usize, [u8; 3]) {
+    let mut counts: std::collections::HashMap<[u8; 3], u64> = std::collections::HashMap::new();
+    for px in screen.rgb.chunks_exact(3) {
+        let key = [
+            px.first().copied().unwrap_or(0),
+            px.get(1).copied().unwrap_or(0),
+            px.get(2).copied().unwrap_or(0),
+        ];
+        if counts.len() < 4096 || counts.contains_key(&key) {
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+    let dominant = counts
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map_or([0; 3], |(c, _)| *c);
+    (counts.len(), dominant)
 }
 
 async fn serve<D, E>(

@@ -1,6 +1,7 @@
-//! The ioreq server: set up as every discrete emulator does (create the server with an atomic
-//! buffered ring, map its pages by resource mapping, bind one event channel per vCPU and the
-//! ring's, claim the device's PCI function, ports and MMIO, enable, deprivilege), then serve.
+//! The ioreq server: set up as QEMU and DEMU do (create the server with an atomic buffered
+//! ring, map its pages by resource mapping, enable it, which makes Xen write each vCPU's port
+//! into its slot, bind one event channel per vCPU and the ring's, then claim the device's PCI
+//! function, ports and MMIO, and deprivilege), then serve.
 //!
 //! Each request is handled from a private copy: the state byte is read once (acquire), the
 //! 32-byte slot is copied once, and only the copy is checked (type, size, count, address
@@ -15,8 +16,8 @@ use std::time::Duration;
 use xen_abi::dm_op::{pci_sbdf, IoServId};
 use xen_abi::ioreq::{
     BufIoreq, Ioreq, IOREQS_PER_PAGE, IOREQ_BUFFER_SLOT_NUM, IOREQ_READ, IOREQ_STATE_BYTE_OFFSET,
-    IOREQ_TYPE_COPY, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO, STATE_IOREQ_INPROCESS,
-    STATE_IOREQ_READY, STATE_IORESP_READY,
+    IOREQ_TYPE_COPY, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO,
+    IOREQ_TYPE_TIMEOFFSET, STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY,
 };
 use xen_abi::{DomId, Port, PAGE_SIZE};
 use xen_devicemodel::{BufIoreq as BufMode, DeviceModel, IoRange, IoRangeKind};
@@ -155,6 +156,9 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             device,
             counters: Counters::default(),
         };
+        // Xen writes each vCPU's port into its slot when the server is enabled; nothing is
+        // routed to the server before it claims a range, so enable, bind, then claim.
+        server.dm.set_ioreq_server_state(id, true)?;
         for v in 0..vcpus {
             let remote = server.slot(v).map(|s| s.vp_eport).unwrap_or(0);
             let local = server.evtchn.bind_interdomain(target, remote)?;
@@ -179,7 +183,6 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             },
         )?;
         server.reclaim()?;
-        server.dm.set_ioreq_server_state(id, true)?;
         Ok(server)
     }
 
@@ -320,6 +323,19 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
         let size = req.size;
         let fail = |s: &mut Self| {
             s.counters.malformed += 1;
+            // The first few are logged in full; a guest can provoke them, so no more.
+            if s.counters.malformed <= 32 {
+                tracing::debug!(
+                    target = s.target,
+                    type_ = req.type_,
+                    addr = format_args!("{:#x}", req.addr),
+                    size = req.size,
+                    count = req.count,
+                    data_is_ptr = req.data_is_ptr(),
+                    dir = req.dir(),
+                    "request refused"
+                );
+            }
             all_ones(size)
         };
         if !matches!(size, 1 | 2 | 4 | 8) || req.count == 0 {
@@ -329,7 +345,10 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             IOREQ_TYPE_PIO => Space::Port,
             IOREQ_TYPE_COPY => Space::Memory,
             IOREQ_TYPE_PCI_CONFIG => Space::PciConfig,
-            _ => return fail(self), // TIMEOFFSET, INVALIDATE and unknown: nothing to emulate
+            // Xen broadcasts these to every server (the guest's memory shrank, its clock
+            // moved); demu keeps no map cache and no clock: nothing to do.
+            IOREQ_TYPE_INVALIDATE | IOREQ_TYPE_TIMEOFFSET => return 0,
+            _ => return fail(self),
         };
         if space == Space::PciConfig {
             let sbdf = req.addr >> 32;

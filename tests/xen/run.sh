@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The real-Xen harness: Debian's Xen 4.17 and Linux 6.1 booted under QEMU (software emulation),
-# our blkback serving the disks of PV guests whose unmodified xen-blkfront drives them, and our
-# netback serving the NIC of a PV guest whose unmodified xen-netfront drives it.
+# our blkback serving the disks of PV guests whose unmodified xen-blkfront drives them, our
+# netback serving the NIC of a PV guest whose unmodified xen-netfront drives it, both again in a
+# PV driver domain, and demu emulating the vGPU of an HVM guest whose bochs DRM driver drives it.
 #
 #   tests/xen/run.sh            build everything, boot, run the block and network scenarios,
 #                               check the log
 #
+# RUST_LOG of our programs: BLKBACK_LOG, NETBACK_LOG, DEMU_LOG (write + for the commas QEMU's
+# command line cannot carry, e.g. DEMU_LOG=info+demu::ioreq=debug).
 # Work files go to target/xen-harness/ (packages are downloaded once and kept). The scenario's
 # verdict lines start with "CHECK"; the run fails unless every expected one says ok.
 set -euo pipefail
@@ -26,8 +29,9 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 "$here/fetch.sh" "$work"
-(cd "$top" && cargo build --locked -p blkback --bin blkback -p netback --bin netback)
-"$here/build-images.sh" "$work" "$top/target/debug/blkback" "$top/target/debug/netback" "$here"
+(cd "$top" && cargo build --locked -p blkback --bin blkback -p netback --bin netback -p demu --bin demu)
+"$here/build-images.sh" "$work" "$top/target/debug/blkback" "$top/target/debug/netback" "$here" \
+    "$top/target/debug/demu"
 
 log=$work/xen.log
 echo "booting Xen + dom0 under QEMU (TCG); log: $log"
@@ -37,18 +41,20 @@ timeout "${XEN_HARNESS_TIMEOUT:-900}" qemu-system-x86_64 \
     -display none -no-reboot -serial stdio \
     -kernel "$work/xen" \
     -append "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all smap=0 smep=0" \
-    -initrd "$work/vmlinuz console=hvc0 earlyprintk=xen scenario=${XEN_HARNESS_SCENARIOS:-blk+net+dd} blklog=${BLKBACK_LOG:-info} netlog=${NETBACK_LOG:-info},$work/dom0.cpio.gz" \
+    -initrd "$work/vmlinuz console=hvc0 earlyprintk=xen scenario=${XEN_HARNESS_SCENARIOS:-blk+net+dd+gpu} blklog=${BLKBACK_LOG:-info} netlog=${NETBACK_LOG:-info} demulog=${DEMU_LOG:-info},$work/dom0.cpio.gz" \
     </dev/null >"$log" 2>&1 || true
 echo "QEMU ran $(( $(date +%s) - start )) s"
 
-grep -a -E "CHECK|blkfront|netfront|T\+|up:|up2:|frontend:|tx_gso" "$log" | grep -a -v "^\s*$" | tail -90 || true
+grep -a -E "CHECK|blkfront|netfront|T\+|up:|up2:|frontend:|tx_gso|screenshot|vgpu|fb0" "$log" | grep -a -v "^\s*$" | tail -90 || true
 fail=0
 passed=0
 checks="guest-sees-xvda features-negotiated multi-queue odirect-checksum flush-heavy restart-during-io block-detach
     guest-sees-eth0 dhcp-address net-multi-queue ping net-features vif-on-bridge net-checksums net-gso-used
     net-restart-during-transfer ping-after-restart network-detach vif-removed
     dd-boots dd-guest-sees-eth0 dd-dhcp-address dd-ping dd-backends-in-driver-domain dd-net-checksums
-    dd-disk-checksum"
+    dd-disk-checksum
+    gpu-demu-claims-device gpu-pci-device gpu-bochs-bound gpu-mode-set gpu-console-screenshot
+    gpu-demu-stops"
 total=$(echo $checks | wc -w)
 for check in $checks; do
     if grep -a -q "CHECK $check ok" "$log"; then

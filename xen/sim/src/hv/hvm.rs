@@ -283,15 +283,6 @@ impl State {
             buf_port,
             ranges: Vec::new(),
         };
-        // Every slot names its vCPU's port from the start (as Xen fills `vp_eport`).
-        for (v, port) in server.vcpu_ports.iter().enumerate() {
-            let slot = super::vcpu::slot_ptr(&server, v);
-            if let Some(slot) = slot {
-                // SAFETY: `slot` points at vCPU v's 32-byte slot inside the server's pages;
-                // `vp_eport` is at offset 24, 4-aligned.
-                unsafe { slot.add(24).cast::<u32>().write_volatile(*port) };
-            }
-        }
         self.hvm_mut(target)?.servers.insert(id, server);
         Ok(Reply::ServerId(id))
     }
@@ -554,6 +545,16 @@ fn hvm_op(hvm: &mut Hvm, emulator: DomId, op: DmOp) -> Result<Reply, Reply> {
             own(hvm, id)?;
             if let Some(s) = hvm.servers.get_mut(&id) {
                 s.enabled = enabled;
+                if enabled {
+                    // As Xen's `ioreq_server_enable`: each slot names its vCPU's port now.
+                    for (v, port) in s.vcpu_ports.iter().enumerate() {
+                        if let Some(slot) = super::vcpu::slot_ptr(s, v) {
+                            // SAFETY: `slot` points at vCPU v's 32-byte slot inside the
+                            // server's pages; `vp_eport` is at offset 24, 4-aligned.
+                            unsafe { slot.add(24).cast::<u32>().write_volatile(*port) };
+                        }
+                    }
+                }
             }
             Ok(Reply::Ok)
         }
