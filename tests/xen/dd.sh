@@ -21,9 +21,10 @@ fi
 dd=$(xl domid network-dd 2>/dev/null)
 timeout 120 xl create /etc/xen/cfg/guest-dd.cfg || { ts "xl create guest-dd failed"; dd_diagnose; }
 guest=$(xl domid guest-dd 2>/dev/null)
+# libxl writes these at create time; read them now, before the guest finishes and goes away.
+vif_be=$(xenstore-read /local/domain/$guest/device/vif/0/backend-id 2>/dev/null)
+vbd_be=$(xenstore-read /local/domain/$guest/device/vbd/51712/backend-id 2>/dev/null)
 if wait_console guest-dd DD-IO-DONE 240; then
-    vif_be=$(xenstore-read /local/domain/$guest/device/vif/0/backend-id 2>/dev/null)
-    vbd_be=$(xenstore-read /local/domain/$guest/device/vbd/51712/backend-id 2>/dev/null)
     echo "driver domain $dd; vif backend $vif_be; vbd backend $vbd_be"
     [ -n "$dd" ] && [ "$vif_be" = "$dd" ] && [ "$vbd_be" = "$dd" ] \
         && echo "CHECK dd-backends-in-driver-domain ok" || echo "CHECK dd-backends-in-driver-domain failed"
