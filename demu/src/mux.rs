@@ -175,11 +175,12 @@ struct Queue {
     ops: VecDeque<Op>,
     framebuffer: Arc<dyn Surface>,
     counters: Arc<ClientCounters>,
-    open: bool,
 }
 
 struct Shared {
-    queues: Vec<Queue>,
+    /// One slot per attached vGPU; a detached vGPU's slot is emptied (releasing its
+    /// framebuffer) and reused by the next vGPU attached.
+    queues: Vec<Option<Queue>>,
     stop: bool,
 }
 
@@ -230,19 +231,28 @@ impl Renderer {
     /// most `limit` queued commands.
     pub fn client(&self, framebuffer: Arc<dyn Surface>, weight: u32, limit: usize) -> Client {
         let counters = Arc::new(ClientCounters::default());
-        let mut st = lock(&self.inner.state);
-        st.queues.push(Queue {
+        let queue = Queue {
             weight: u64::from(weight.max(1)),
             limit: limit.max(1),
             deficit: 0,
             ops: VecDeque::new(),
             framebuffer,
             counters: Arc::clone(&counters),
-            open: true,
-        });
+        };
+        let mut st = lock(&self.inner.state);
+        let index = match st.queues.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                st.queues.push(None);
+                st.queues.len() - 1
+            }
+        };
+        if let Some(slot) = st.queues.get_mut(index) {
+            *slot = Some(queue);
+        }
         Client {
             inner: Arc::clone(&self.inner),
-            index: st.queues.len() - 1,
+            index,
             counters,
         }
     }
@@ -262,7 +272,7 @@ impl Client {
     /// Queues `op`, or gives it back when the queue is full.
     pub fn submit(&self, op: Op) -> Result<(), (Op, QueueFull)> {
         let mut st = lock(&self.inner.state);
-        let Some(q) = st.queues.get_mut(self.index) else {
+        let Some(q) = st.queues.get_mut(self.index).and_then(Option::as_mut) else {
             return Err((op, QueueFull));
         };
         if q.ops.len() >= q.limit {
@@ -279,6 +289,7 @@ impl Client {
         lock(&self.inner.state)
             .queues
             .get(self.index)
+            .and_then(Option::as_ref)
             .map_or(0, |q| q.ops.len())
     }
 
@@ -291,9 +302,8 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         let mut st = lock(&self.inner.state);
-        if let Some(q) = st.queues.get_mut(self.index) {
-            q.open = false;
-            q.ops.clear();
+        if let Some(slot) = st.queues.get_mut(self.index) {
+            *slot = None;
         }
     }
 }
@@ -347,23 +357,27 @@ type Picked = (Op, Arc<dyn Surface>, Arc<ClientCounters>);
 /// full round adds credit to every backlogged queue, so some head fits within finitely many
 /// rounds (costs are bounded by the framebuffer's size).
 fn pick(st: &mut Shared, next: &mut usize) -> Option<Picked> {
-    if !st.queues.iter().any(|q| q.open && !q.ops.is_empty()) {
+    if !st.queues.iter().flatten().any(|q| !q.ops.is_empty()) {
         return None;
     }
     let n = st.queues.len();
     loop {
         let i = *next % n;
-        let q = st.queues.get_mut(i)?;
-        match q.ops.front().map(Op::cost).filter(|_| q.open) {
+        *next = i + 1;
+        let Some(q) = st.queues.get_mut(i)?.as_mut() else {
+            continue;
+        };
+        match q.ops.front().map(Op::cost) {
             Some(cost) if q.deficit >= cost => {
                 q.deficit -= cost;
                 let op = q.ops.pop_front()?;
+                // The same queue goes on while its credit lasts.
+                *next = i;
                 return Some((op, Arc::clone(&q.framebuffer), Arc::clone(&q.counters)));
             }
             Some(_) => q.deficit = q.deficit.saturating_add(QUANTUM * q.weight),
             None => q.deficit = 0, // an idle queue keeps no credit
         }
-        *next = i + 1;
     }
 }
 

@@ -158,6 +158,52 @@ fn a_full_queue_gives_the_command_back() {
     let _ = rx.recv_timeout(Duration::from_secs(5));
 }
 
+#[test]
+fn a_detached_vgpu_releases_its_framebuffer_and_its_slot_is_reused() {
+    let renderer = Renderer::start().unwrap();
+    let first_fb = framebuffer(1);
+    let first = renderer.client(Arc::clone(&first_fb), 1, 4);
+    let second = renderer.client(framebuffer(1), 1, 4);
+    assert_eq!(Arc::strong_count(&first_fb), 2);
+    drop(first);
+    assert_eq!(
+        Arc::strong_count(&first_fb),
+        1,
+        "the renderer let go of the mapping"
+    );
+    let third_fb = framebuffer(1);
+    let third = renderer.client(Arc::clone(&third_fb), 1, 4);
+    assert_eq!(third.index, 0, "the free slot is reused");
+    assert_eq!(lock(&renderer.inner.state).queues.len(), 2);
+    // Both live vGPUs still draw.
+    for (client, fb) in [(&second, None), (&third, Some(&third_fb))] {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        client
+            .submit(Op::Fill {
+                dst: Rect {
+                    offset: 0,
+                    pitch: 4,
+                    width: 1,
+                    height: 1,
+                },
+                color: 0xabcd_ef01,
+            })
+            .map_err(|e| e.1)
+            .unwrap();
+        client
+            .submit(Op::Fence {
+                done: Box::new(move || drop(tx)),
+            })
+            .map_err(|e| e.1)
+            .unwrap();
+        let _ = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(client.counters().commands, 2);
+        if let Some(fb) = fb {
+            assert_eq!(read_u32(fb.as_ref(), 0), 0xabcd_ef01);
+        }
+    }
+}
+
 /// Holds the renderer on a fence, fills every client's queue with `per_client` equal fills,
 /// lets it go, and returns each client's pixels at the moment the first queue runs dry (while
 /// every queue was backlogged, so the shares are the scheduler's alone).
