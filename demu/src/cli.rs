@@ -231,8 +231,12 @@ fn stats<D: DeviceModel + 'static>(vgpus: &[Emulated<D>]) -> Vec<VgpuStats> {
 fn screenshots<D: DeviceModel + 'static>(vgpus: &[Emulated<D>], dir: &std::path::Path) {
     for e in vgpus {
         let path = dir.join(format!("vgpu-{}.png", e.domid));
-        match e.running.with(|v, _| display::capture(v)).flatten() {
-            Some(screen) => {
+        let shot = e
+            .running
+            .with(|v, _| Some((display::capture(v)?, v.mode()?, v.vram_gfn())))
+            .flatten();
+        match shot {
+            Some((screen, mode, vram_gfn)) => {
                 let written = std::fs::File::create(&path)
                     .map_err(|e| e.to_string())
                     .and_then(|f| {
@@ -243,13 +247,17 @@ fn screenshots<D: DeviceModel + 'static>(vgpus: &[Emulated<D>], dir: &std::path:
                 let (colours, dominant) = palette(&screen);
                 match written {
                     Ok(()) => tracing::info!(
-                        "screenshot written: {} width={} height={} colours={colours} dominant={:02x}{:02x}{:02x}",
+                        "screenshot written: {} width={} height={} colours={colours} dominant={:02x}{:02x}{:02x} \
+                         (bpp {}, stride {}, scanout at VRAM offset {:#x}, VRAM at gfn {vram_gfn:#x})",
                         path.display(),
                         screen.width,
                         screen.height,
                         dominant[0],
                         dominant[1],
-                        dominant[2]
+                        dominant[2],
+                        mode.bpp,
+                        mode.stride,
+                        mode.offset,
                     ),
                     Err(err) => {
                         tracing::warn!(path = %path.display(), "cannot write the screenshot: {err}")

@@ -338,6 +338,11 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             }
             all_ones(size)
         };
+        // Xen broadcasts these to every server (the guest's memory map changed, its clock
+        // moved), with a count of 0; demu keeps no map cache and no clock: nothing to do.
+        if matches!(req.type_, IOREQ_TYPE_INVALIDATE | IOREQ_TYPE_TIMEOFFSET) {
+            return 0;
+        }
         if !matches!(size, 1 | 2 | 4 | 8) || req.count == 0 {
             return fail(self);
         }
@@ -345,9 +350,6 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             IOREQ_TYPE_PIO => Space::Port,
             IOREQ_TYPE_COPY => Space::Memory,
             IOREQ_TYPE_PCI_CONFIG => Space::PciConfig,
-            // Xen broadcasts these to every server (the guest's memory shrank, its clock
-            // moved); demu keeps no map cache and no clock: nothing to do.
-            IOREQ_TYPE_INVALIDATE | IOREQ_TYPE_TIMEOFFSET => return 0,
             _ => return fail(self),
         };
         if space == Space::PciConfig {
