@@ -22,7 +22,9 @@ sleep 1
 ts "GPU-MODE-SET"
 sleep 12
 height=${size#*,}
-tr '\000' '\125' < /dev/zero | dd of=/dev/fb0 bs="$stride" count="$height" 2>&1 | tail -2
+# One write of the whole frame: Linux 6.1's fbdev turns a write of exactly one whole line into
+# an empty damage rectangle (drm_fb_helper_memory_range_to_clip), which would never be flushed.
+tr '\000' '\125' < /dev/zero | dd of=/dev/fb0 bs=$((stride * height)) count=1 iflag=fullblock 2>&1 | tail -2
 echo "fb0 starts with: $(head -c 8 /dev/fb0 | od -An -tx1)"
 sleep 8
 dmesg | tail -5
