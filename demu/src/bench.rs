@@ -263,7 +263,8 @@ fn measure_on(host: &Host, n: usize, secs: f64) -> Result<Row> {
         let vgpu = Vgpu::new(Arc::clone(&dm), BDF, VgpuConfig::default(), &renderer)
             .map_err(|e| e.to_string())?;
         let evtchn = dd.evtchn().map_err(|e| e.to_string())?;
-        let server = Server::start(dm, evtchn, guest.domid(), vgpu).map_err(|e| e.to_string())?;
+        let server =
+            Server::start(dm, evtchn, guest.domid(), vgpu, true).map_err(|e| e.to_string())?;
         server.deprivilege().map_err(|e| e.to_string())?;
         running.push(runner::spawn(server, &format!("demu-{i}")).map_err(|e| e.to_string())?);
         domains.push(guest);

@@ -31,8 +31,9 @@ pub struct Options {
     /// (/dev/xen/*). Default: `sim` when XEN_SIM is set, else `xen`.
     #[arg(long)]
     pub platform: Option<String>,
-    /// A vGPU to emulate: `domid=N[,bdf=00:02.0][,weight=1][,vnc=127.0.0.1:5900]`. Repeat for
-    /// several guests.
+    /// A vGPU to emulate: `domid=N[,bdf=00:02.0][,weight=1][,vnc=127.0.0.1:5900][,buffered=on]`
+    /// (`buffered=off`: no buffered ioreq ring, every VGA-memory write is synchronous). Repeat
+    /// for several guests.
     #[arg(long = "vgpu", required = true)]
     pub vgpus: Vec<VgpuSpec>,
     /// First gfn of each framebuffer's home in its guest while BAR0 is not programmed (must be
@@ -61,6 +62,8 @@ pub struct VgpuSpec {
     pub weight: u32,
     /// Where to serve VNC, if anywhere.
     pub vnc: Option<SocketAddr>,
+    /// Whether the ioreq server has a buffered ring.
+    pub buffered: bool,
 }
 
 fn parse_u64(s: &str) -> Result<u64, String> {
@@ -89,6 +92,7 @@ impl FromStr for VgpuSpec {
             bdf: 2 << 3,
             weight: 1,
             vnc: None,
+            buffered: true,
         };
         let mut domid = None;
         for part in s.split(',') {
@@ -118,9 +122,20 @@ impl FromStr for VgpuSpec {
                         )
                     })?)
                 }
+                "buffered" => {
+                    spec.buffered = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => {
+                            return Err(format!(
+                                "buffered={value:?} is neither on nor off (in --vgpu {s:?})"
+                            ))
+                        }
+                    }
+                }
                 other => {
                     return Err(format!(
-                        "unknown key {other:?} in --vgpu {s:?} (known: domid, bdf, weight, vnc)"
+                        "unknown key {other:?} in --vgpu {s:?} (known: domid, bdf, weight, vnc, buffered)"
                     ))
                 }
             }
@@ -175,7 +190,7 @@ where
     let vgpu = Vgpu::new(Arc::clone(&dm), spec.bdf, config, renderer).map_err(|e| {
         format!("cannot set up the framebuffer of domain {domid}: {e} (is this domain its device model, with 16 MiB of maxmem to spare?)")
     })?;
-    let server = Server::start(dm, evtchn, domid, vgpu)
+    let server = Server::start(dm, evtchn, domid, vgpu, spec.buffered)
         .map_err(|e| format!("cannot start the ioreq server for domain {domid}: {e}"))?;
     server
         .deprivilege()
@@ -373,7 +388,7 @@ mod tests {
 
     #[test]
     fn vgpu_specs() {
-        let s: VgpuSpec = "domid=5,bdf=00:05.0,weight=3,vnc=127.0.0.1:5901"
+        let s: VgpuSpec = "domid=5,bdf=00:05.0,weight=3,vnc=127.0.0.1:5901,buffered=off"
             .parse()
             .unwrap();
         assert_eq!(
@@ -382,11 +397,15 @@ mod tests {
                 domid: 5,
                 bdf: 5 << 3,
                 weight: 3,
-                vnc: Some("127.0.0.1:5901".parse().unwrap())
+                vnc: Some("127.0.0.1:5901".parse().unwrap()),
+                buffered: false,
             }
         );
         let d: VgpuSpec = "domid=7".parse().unwrap();
-        assert_eq!((d.bdf, d.weight, d.vnc), (2 << 3, 1, None));
+        assert_eq!(
+            (d.bdf, d.weight, d.vnc, d.buffered),
+            (2 << 3, 1, None, true)
+        );
         for bad in [
             "",
             "domid=x",
@@ -394,6 +413,7 @@ mod tests {
             "domid=3,bdf=0:40.0",
             "domid=3,weight=0",
             "domid=3,color=red",
+            "domid=3,buffered=yes",
             "domid=0",
         ] {
             let e = bad.parse::<VgpuSpec>().unwrap_err();

@@ -1,5 +1,5 @@
-//! The ioreq server: set up as QEMU and DEMU do (create the server with an atomic buffered
-//! ring, map its pages by resource mapping, enable it, which makes Xen write each vCPU's port
+//! The ioreq server: set up as QEMU and DEMU do (create the server, with an atomic buffered
+//! ring or without one, map its pages by resource mapping, enable it, which makes Xen write each vCPU's port
 //! into its slot, bind one event channel per vCPU and the ring's, then claim the device's PCI
 //! function, ports and MMIO, and deprivilege), then serve.
 //!
@@ -103,6 +103,8 @@ pub struct Server<D: DeviceModel, E: EventChannel, V: Device> {
     id: IoServId,
     target: DomId,
     pages: D::IoreqPages,
+    /// Where the synchronous slots start in `pages` (after the buffered page, if mapped).
+    sync_base: usize,
     /// Local port → vCPU, fixed at setup.
     vcpu_of: Vec<(Port, usize)>,
     vcpus: usize,
@@ -120,10 +122,23 @@ fn all_ones(size: u32) -> u64 {
 }
 
 impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
-    /// Creates the server for guest `target`, claims `device`'s ranges and enables it.
-    pub fn start(dm: Arc<D>, evtchn: E, target: DomId, device: V) -> Result<Self, Error> {
-        let id = dm.create_ioreq_server(BufMode::Atomic)?;
-        match Self::setup(Arc::clone(&dm), evtchn, target, id, device) {
+    /// Creates the server for guest `target`, claims `device`'s ranges and enables it. With
+    /// `buffered`, Xen may queue writes to buffered ranges (VGA memory) on the buffered ring
+    /// (atomic pointer updates); without, every access is a synchronous ioreq.
+    pub fn start(
+        dm: Arc<D>,
+        evtchn: E,
+        target: DomId,
+        device: V,
+        buffered: bool,
+    ) -> Result<Self, Error> {
+        let mode = if buffered {
+            BufMode::Atomic
+        } else {
+            BufMode::Off
+        };
+        let id = dm.create_ioreq_server(mode)?;
+        match Self::setup(Arc::clone(&dm), evtchn, target, id, device, buffered) {
             Ok(server) => Ok(server),
             Err(e) => {
                 let _ = dm.destroy_ioreq_server(id);
@@ -132,14 +147,22 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
         }
     }
 
-    fn setup(dm: Arc<D>, evtchn: E, target: DomId, id: IoServId, device: V) -> Result<Self, Error> {
+    fn setup(
+        dm: Arc<D>,
+        evtchn: E,
+        target: DomId,
+        id: IoServId,
+        device: V,
+        buffered: bool,
+    ) -> Result<Self, Error> {
         let vcpus = dm.nr_vcpus()? as usize;
         if vcpus == 0 || vcpus > 4096 {
             return Err(Error::Setup(format!("the guest reports {vcpus} vCPUs")));
         }
         let sync_pages = vcpus.div_ceil(IOREQS_PER_PAGE) as u32;
-        let pages = dm.map_ioreq_pages(id, true, sync_pages)?;
-        if pages.len() < PAGE_SIZE * (1 + sync_pages as usize) {
+        let pages = dm.map_ioreq_pages(id, buffered, sync_pages)?;
+        let sync_base = if buffered { PAGE_SIZE } else { 0 };
+        if pages.len() < sync_base + PAGE_SIZE * sync_pages as usize {
             return Err(Error::Setup("the ioreq pages are too small".into()));
         }
         let info = dm.ioreq_server_info(id)?;
@@ -149,6 +172,7 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             id,
             target,
             pages,
+            sync_base,
             vcpu_of: Vec::with_capacity(vcpus),
             vcpus,
             buf_port: None,
@@ -164,7 +188,7 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             let local = server.evtchn.bind_interdomain(target, remote)?;
             server.vcpu_of.push((local, v));
         }
-        if let Some(remote) = info.bufioreq_port {
+        if let Some(remote) = info.bufioreq_port.filter(|_| buffered) {
             server.buf_port = Some(server.evtchn.bind_interdomain(target, remote)?);
         }
         let bdf = u64::from(server.device.bdf());
@@ -236,10 +260,10 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
         if v >= self.vcpus {
             return None;
         }
-        let offset = PAGE_SIZE + v * 32;
+        let offset = self.sync_base + v * 32;
         let mut bytes = [0u8; 32];
         for (i, b) in bytes.iter_mut().enumerate() {
-            // SAFETY: offset + 32 <= (1 + sync_pages) pages, checked at setup.
+            // SAFETY: offset + 32 <= sync_base + sync_pages pages, checked at setup.
             *b = unsafe { self.pages.as_ptr().add(offset + i).read_volatile() };
         }
         Ioreq::read_from_bytes(&bytes).ok()
@@ -255,7 +279,7 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             AtomicU8::from_ptr(
                 self.pages
                     .as_ptr()
-                    .add(PAGE_SIZE + v * 32 + IOREQ_STATE_BYTE_OFFSET),
+                    .add(self.sync_base + v * 32 + IOREQ_STATE_BYTE_OFFSET),
             )
         })
     }
@@ -304,7 +328,7 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             unsafe {
                 self.pages
                     .as_ptr()
-                    .add(PAGE_SIZE + v * 32 + 8)
+                    .add(self.sync_base + v * 32 + 8)
                     .cast::<u64>()
                     .write_volatile(data);
             }

@@ -72,6 +72,11 @@ impl Rig {
     /// Starts demu for guest `g`'s vGPU at `BDF` with renderer weight `weight`, deprivileged,
     /// on its own thread.
     pub fn start_demu_for(&self, g: usize, weight: u32) -> Running<SimVgpu> {
+        self.start_demu_with(g, weight, true)
+    }
+
+    /// As `start_demu_for`, with or without a buffered ioreq ring.
+    pub fn start_demu_with(&self, g: usize, weight: u32, buffered: bool) -> Running<SimVgpu> {
         let target = self.guests[g].domid();
         let dm = Arc::new(self.gpu_dd.device_model(target).unwrap());
         let config = VgpuConfig {
@@ -81,7 +86,7 @@ impl Rig {
         };
         let vgpu = Vgpu::new(Arc::clone(&dm), BDF, config, &self.renderer).unwrap();
         let evtchn = self.gpu_dd.evtchn().unwrap();
-        let server = Server::start(dm, evtchn, target, vgpu).unwrap();
+        let server = Server::start(dm, evtchn, target, vgpu, buffered).unwrap();
         server.deprivilege().unwrap();
         runner::spawn(server, &format!("demu-{target}")).unwrap()
     }
