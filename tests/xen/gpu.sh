@@ -1,7 +1,8 @@
 # dom0 scenario: demu in dom0 is the ioreq server for the vGPU (00:05.0) of an HVM Linux guest.
 # The guest is created paused, demu starts and claims the device, the guest runs; its unmodified
 # bochs DRM driver binds and sets a mode; demu's screenshots show the guest's console text and
-# then exactly the pattern the guest wrote into /dev/fb0; demu stops cleanly.
+# then exactly the pattern the guest wrote into /dev/fb0, then what the guest drew with the 2D
+# engine (fill, copy, fence through a command ring in VRAM); demu stops cleanly.
 . /etc/harness-lib.sh
 shot() {
     kill -USR1 "$1"
@@ -41,6 +42,19 @@ else
                 *) echo "CHECK gpu-pattern-screenshot failed" ;;
             esac
         fi
+        # The engine's work: the screen green but for two blue squares (the fill and its copy),
+        # and exactly 1024x768 + 2 x 100x100 pixels drawn in four commands (with the fence).
+        if wait_console hvm-gpu GPU-ENGINE-DONE 90; then
+            line=$(shot $pid 3)
+            echo "engine screenshot: $line"
+            sleep 1.5
+            stats=$(tr -d ' \n' < /tmp/demu.json 2>/dev/null)
+            case "$line|$stats" in
+                *"width=1024 height=768"*"colours=2 "*"dominant=00ff00"*'|'*'"commands":4,"pixels":806432,'*)
+                    echo "CHECK gpu-2d-engine ok" ;;
+                *) echo "CHECK gpu-2d-engine failed" ;;
+            esac
+        fi
     else
         echo "--- no mode set; guest console:"
         ls -la /var/log/xen/console/
@@ -48,7 +62,7 @@ else
         xl list
     fi
     echo "demu counters: $(tr -d ' \n' < /tmp/demu.json 2>/dev/null)"
-    console hvm-gpu | grep -a -E "GUEST-|vgpu|fb0|bochs|drm|records|starts with" | sed 's/^/  guest: /' | head -40
+    console hvm-gpu | grep -a -E "GUEST-|vgpu|fb0|bochs|drm|records|starts with|engine:" | sed 's/^/  guest: /' | head -40
     console hvm-gpu | sed -n 's/.*GUEST-CHECK \([a-z-]*\) \([a-z]*\).*/CHECK \1 \2/p'
     kill -TERM $pid
     t=0
