@@ -43,14 +43,14 @@ else
             esac
         fi
         # The engine's work: the screen green but for two blue squares (the fill and its copy),
-        # and exactly 1024x768 + 2 x 100x100 pixels drawn in four commands (with the fence).
+        # and exactly 1024x768 + 2 x 100x100 pixels drawn in five commands (with two fences).
         if wait_console hvm-gpu GPU-ENGINE-DONE 90; then
             line=$(shot $pid 3)
             echo "engine screenshot: $line"
             sleep 1.5
             stats=$(tr -d ' \n' < /tmp/demu.json 2>/dev/null)
             case "$line|$stats" in
-                *"width=1024 height=768"*"colours=2 "*"dominant=00ff00"*'|'*'"commands":4,"pixels":806432,'*)
+                *"width=1024 height=768"*"colours=2 "*"dominant=00ff00"*'|'*'"commands":5,"pixels":806432,'*)
                     echo "CHECK gpu-2d-engine ok" ;;
                 *) echo "CHECK gpu-2d-engine failed" ;;
             esac
@@ -62,7 +62,7 @@ else
         xl list
     fi
     echo "demu counters: $(tr -d ' \n' < /tmp/demu.json 2>/dev/null)"
-    console hvm-gpu | grep -a -E "GUEST-|vgpu|fb0|bochs|drm|records|starts with|engine:" | sed 's/^/  guest: /' | head -40
+    console hvm-gpu | grep -a -E "GUEST-|vgpu|fb0|bochs|drm|records|starts with|engine:|irq handler" | sed 's/^/  guest: /' | head -40
     console hvm-gpu | sed -n 's/.*GUEST-CHECK \([a-z-]*\) \([a-z]*\).*/CHECK \1 \2/p'
     kill -TERM $pid
     t=0

@@ -54,7 +54,7 @@ checks="guest-sees-xvda features-negotiated multi-queue odirect-checksum flush-h
     dd-boots dd-guest-sees-eth0 dd-dhcp-address dd-ping dd-backends-in-driver-domain dd-net-checksums
     dd-disk-checksum
     gpu-demu-claims-device gpu-pci-device gpu-bochs-bound gpu-mode-set gpu-console-screenshot gpu-pattern-screenshot
-    gpu-engine-fence gpu-2d-engine
+    gpu-engine-fence gpu-2d-engine gpu-engine-msi
     gpu-demu-stops"
 total=$(echo $checks | wc -w)
 for check in $checks; do
