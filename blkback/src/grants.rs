@@ -3,12 +3,17 @@
 //!
 //! Grants a request needs that are not cached yet are mapped together in one batch (one
 //! hypervisor operation); each page of the batch becomes a cache entry sharing the batch
-//! mapping, which is unmapped when its last entry is evicted. When the cache is full of grants
-//! in use, the batch serves this request only.
+//! mapping, which is unmapped when its last entry is evicted. When the batch does not fit, it
+//! serves this request only, and the cache is purged as Linux blkback purges it: at most once
+//! per [`PURGE_INTERVAL`], the least recently used idle tenth (or the excess, if larger). A
+//! frontend that cycles through more grants than the cache holds (deep queues of large
+//! requests) thus keeps hitting on the grants that stay cached, instead of evicting, on every
+//! miss, exactly the grants it will need next.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use xen_abi::{DomId, GrantRef, PAGE_SIZE};
 use xen_blkif::Segment;
@@ -20,6 +25,9 @@ use crate::stats::QueueStats;
 /// `max_persistent_grants`: 32 slots of a one-page ring times 33 grants, which is what Linux
 /// blkfront's defaults can have in flight).
 pub const MAX_PERSISTENT_GRANTS: usize = 1056;
+
+/// Least time between two purges of a full cache (Linux blkback's `LRU_INTERVAL`).
+pub const PURGE_INTERVAL: Duration = Duration::from_millis(100);
 
 struct Entry<M> {
     mapping: Arc<M>,
@@ -61,6 +69,7 @@ pub(crate) struct GrantCache<G: GrantMapper> {
     max: usize,
     entries: HashMap<GrantRef, Entry<G::Mapping>>,
     clock: u64,
+    last_purge: Option<Instant>,
     stats: Arc<QueueStats>,
 }
 
@@ -86,6 +95,7 @@ impl<G: GrantMapper> GrantCache<G> {
             max: max.max(1),
             entries: HashMap::new(),
             clock: 0,
+            last_purge: None,
             stats,
         }
     }
@@ -96,11 +106,20 @@ impl<G: GrantMapper> GrantCache<G> {
             .store(self.entries.len() as u64, Ordering::Relaxed);
     }
 
-    /// Evicts least-recently-used idle entries until `needed` more fit; false if they cannot.
+    /// Whether `needed` more entries fit; when they do not and the last purge is
+    /// [`PURGE_INTERVAL`] ago, evicts least-recently-used idle entries first.
     fn make_room(&mut self, needed: usize) -> bool {
         if self.entries.len() + needed <= self.max {
             return true;
         }
+        let now = Instant::now();
+        if self
+            .last_purge
+            .is_some_and(|t| now.duration_since(t) < PURGE_INTERVAL)
+        {
+            return false;
+        }
+        self.last_purge = Some(now);
         let mut idle: Vec<(u64, GrantRef)> = self
             .entries
             .iter()
@@ -127,6 +146,9 @@ impl<G: GrantMapper> GrantCache<G> {
         if !self.persistent {
             let refs: Vec<GrantRef> = segments.iter().map(|s| s.gref).collect();
             let mapping = self.mapper.map(self.domid, &refs, writable)?;
+            self.stats
+                .grants_mapped
+                .fetch_add(refs.len() as u64, Ordering::Relaxed);
             let base = mapping.as_ptr();
             let iovecs = segments
                 .iter()
@@ -142,14 +164,21 @@ impl<G: GrantMapper> GrantCache<G> {
         }
         // Persistent grants are mapped writable (blkif.h allows it for every direction).
         let mut misses: Vec<GrantRef> = Vec::new();
+        let mut hits = 0u64;
         for s in segments {
-            if !self.entries.contains_key(&s.gref) && !misses.contains(&s.gref) {
+            if self.entries.contains_key(&s.gref) {
+                hits += 1;
+            } else if !misses.contains(&s.gref) {
                 misses.push(s.gref);
             }
         }
+        self.stats.grant_hits.fetch_add(hits, Ordering::Relaxed);
         let mut batch: Option<Arc<G::Mapping>> = None;
         if !misses.is_empty() {
             let mapping = Arc::new(self.mapper.map(self.domid, &misses, true)?);
+            self.stats
+                .grants_mapped
+                .fetch_add(misses.len() as u64, Ordering::Relaxed);
             if self.make_room(misses.len()) {
                 for (page, &gref) in misses.iter().enumerate() {
                     let entry = Entry {
@@ -308,3 +337,6 @@ impl<G: GrantMapper> GrantCache<G> {
         self.publish_size();
     }
 }
+
+#[cfg(test)]
+mod tests;

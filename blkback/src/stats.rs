@@ -29,6 +29,10 @@ pub struct QueueStats {
     pub in_flight: AtomicU64,
     /// Persistent grants mapped now.
     pub persistent_grants: AtomicU64,
+    /// Data pages found already mapped in the persistent-grant cache.
+    pub grant_hits: AtomicU64,
+    /// Data pages mapped (a hypervisor operation per request's batch).
+    pub grants_mapped: AtomicU64,
     /// Times the worker woke for the event channel.
     pub wakeups: AtomicU64,
     /// Latency histogram (log2 microseconds).
@@ -58,6 +62,10 @@ pub struct QueueSnapshot {
     pub in_flight: u64,
     /// See [`QueueStats::persistent_grants`].
     pub persistent_grants: u64,
+    /// See [`QueueStats::grant_hits`].
+    pub grant_hits: u64,
+    /// See [`QueueStats::grants_mapped`].
+    pub grants_mapped: u64,
     /// See [`QueueStats::wakeups`].
     pub wakeups: u64,
     /// See [`QueueStats::latency`].
@@ -88,6 +96,8 @@ impl QueueStats {
             sectors_written: get(&self.sectors_written),
             in_flight: get(&self.in_flight),
             persistent_grants: get(&self.persistent_grants),
+            grant_hits: get(&self.grant_hits),
+            grants_mapped: get(&self.grants_mapped),
             wakeups: get(&self.wakeups),
             latency: self.latency.iter().map(get).collect(),
         }
