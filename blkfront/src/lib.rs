@@ -15,7 +15,7 @@ use xen_abi::blkif::*;
 use xen_abi::{DomId, GrantRef, Port, PAGE_SIZE};
 use xen_blkif::Abi;
 use xen_evtchn::EventChannel;
-use xen_grant::{GrantAllocator, GrantedPages, SharedMemory};
+use xen_grant::{GrantAllocator, GrantedPages};
 
 use ring::FrontRingAny;
 
@@ -86,8 +86,8 @@ pub struct Done {
 }
 
 struct Pending<P> {
-    pages: Vec<P>,
-    indirect: Vec<P>,
+    pages: Granted<P>,
+    indirect: Granted<P>,
     read_len: Option<usize>,
 }
 
@@ -107,32 +107,60 @@ pub struct Blkfront<A: GrantAllocator, E: EventChannel> {
     next_id: u64,
 }
 
-fn copy_into(pages: &[impl SharedMemory], data: &[u8]) {
-    for (page, chunk) in pages.iter().zip(data.chunks(PAGE_SIZE)) {
-        // SAFETY: `chunk.len() <= PAGE_SIZE <= page.len()`, within a writable granted page.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                chunk.as_ptr(),
-                page.as_ptr(),
-                chunk.len().min(page.len()),
-            )
-        };
-    }
+/// A request's granted pages: single pages from the persistent pool, or one batch granted
+/// (and, when dropped, revoked) for this request only, in one hypervisor operation each.
+enum Granted<P> {
+    Pooled(Vec<P>),
+    Batch(Option<P>),
 }
 
-fn copy_out(pages: &[impl SharedMemory], len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    for (page, chunk) in pages.iter().zip(out.chunks_mut(PAGE_SIZE)) {
-        // SAFETY: as in `copy_into`, reading.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                page.as_ptr(),
-                chunk.as_mut_ptr(),
-                chunk.len().min(page.len()),
-            )
-        };
+impl<P: GrantedPages> Granted<P> {
+    fn none() -> Self {
+        Self::Batch(None)
     }
-    out
+
+    fn count(&self) -> usize {
+        match self {
+            Self::Pooled(pages) => pages.len(),
+            Self::Batch(batch) => batch.as_ref().map_or(0, |b| b.refs().len()),
+        }
+    }
+
+    /// Page `i`: where it is mapped here (a whole page) and its grant reference.
+    fn page(&self, i: usize) -> Option<(*mut u8, GrantRef)> {
+        match self {
+            Self::Pooled(pages) => {
+                let p = pages.get(i).filter(|p| p.len() >= PAGE_SIZE)?;
+                Some((p.as_ptr(), *p.refs().first()?))
+            }
+            Self::Batch(batch) => {
+                let b = batch.as_ref()?;
+                let gref = *b.refs().get(i)?;
+                ((i + 1) * PAGE_SIZE <= b.len())
+                    .then(|| (b.as_ptr().wrapping_add(i * PAGE_SIZE), gref))
+            }
+        }
+    }
+
+    fn copy_in(&self, data: &[u8]) {
+        for (i, chunk) in data.chunks(PAGE_SIZE).enumerate() {
+            if let Some((page, _)) = self.page(i) {
+                // SAFETY: `page` is a whole writable granted page; `chunk.len() <= PAGE_SIZE`.
+                unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), page, chunk.len()) };
+            }
+        }
+    }
+
+    fn copy_out(&self, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        for (i, chunk) in out.chunks_mut(PAGE_SIZE).enumerate() {
+            if let Some((page, _)) = self.page(i) {
+                // SAFETY: as in `copy_in`, reading.
+                unsafe { std::ptr::copy_nonoverlapping(page, chunk.as_mut_ptr(), chunk.len()) };
+            }
+        }
+        out
+    }
 }
 
 impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
@@ -210,7 +238,7 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
         self.ring.free()
     }
 
-    fn data_pages(&mut self, count: usize, backend_writes: bool) -> Result<Vec<A::Pages>> {
+    fn data_pages(&mut self, count: usize, backend_writes: bool) -> Result<Granted<A::Pages>> {
         if self.config.persistent {
             let mut pages = Vec::with_capacity(count);
             for _ in 0..count {
@@ -219,27 +247,21 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
                     None => pages.push(self.alloc.grant_pages(self.backend, 1, true)?),
                 }
             }
-            return Ok(pages);
+            return Ok(Granted::Pooled(pages));
         }
         // Without persistent grants, as Linux blkfront: writable only if the backend writes.
-        (0..count)
-            .map(|_| {
-                self.alloc
-                    .grant_pages(self.backend, 1, backend_writes)
-                    .map_err(Error::from)
-            })
-            .collect()
+        let batch = self.alloc.grant_pages(self.backend, count, backend_writes)?;
+        Ok(Granted::Batch(Some(batch)))
     }
 
-    fn segments(pages: &[A::Pages], bytes: usize) -> Vec<BlkifRequestSegment> {
+    fn segments(pages: &Granted<A::Pages>, bytes: usize) -> Vec<BlkifRequestSegment> {
         let mut left = bytes / 512;
-        pages
-            .iter()
-            .map(|p| {
+        (0..pages.count())
+            .map(|i| {
                 let n = left.clamp(1, 8);
                 left = left.saturating_sub(8);
                 BlkifRequestSegment {
-                    gref: p.refs().first().copied().unwrap_or(0),
+                    gref: pages.page(i).map_or(0, |(_, gref)| gref),
                     first_sect: 0,
                     last_sect: (n - 1) as u8,
                     _pad: 0,
@@ -269,37 +291,31 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
         }
         let pages = self.data_pages(nr, read_len.is_some())?;
         if let Some(d) = data {
-            copy_into(&pages, d);
+            pages.copy_in(d);
         }
         let segs = Self::segments(&pages, bytes);
         let id = self.next_id;
         self.next_id += 1;
-        let mut indirect_pages = Vec::new();
+        let mut indirect_pages = Granted::none();
         if indirect {
             // Descriptor pages: from the persistent pool when negotiated (granted writable, as
             // Linux blkfront does), else granted read-only for this request.
             let count = nr.div_ceil(SEGS_PER_INDIRECT_FRAME);
             indirect_pages = self.data_pages(count, false)?;
-            for (page, chunk) in indirect_pages
-                .iter()
-                .zip(segs.chunks(SEGS_PER_INDIRECT_FRAME))
-            {
-                let raw: Vec<u8> = chunk
-                    .iter()
-                    .flat_map(|s| zerocopy::IntoBytes::as_bytes(s).to_vec())
-                    .collect();
-                // SAFETY: at most 512 descriptors of 8 bytes: `raw` fits the granted page.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        raw.as_ptr(),
-                        page.as_ptr(),
-                        raw.len().min(page.len()),
-                    )
-                };
-            }
-            let refs: Vec<GrantRef> = indirect_pages
-                .iter()
-                .filter_map(|p| p.refs().first().copied())
+            let raw: Vec<u8> = segs
+                .chunks(SEGS_PER_INDIRECT_FRAME)
+                .flat_map(|chunk| {
+                    let mut page: Vec<u8> = chunk
+                        .iter()
+                        .flat_map(|s| zerocopy::IntoBytes::as_bytes(s).to_vec())
+                        .collect();
+                    page.resize(PAGE_SIZE, 0);
+                    page
+                })
+                .collect();
+            indirect_pages.copy_in(&raw);
+            let refs: Vec<GrantRef> = (0..indirect_pages.count())
+                .filter_map(|i| indirect_pages.page(i).map(|(_, gref)| gref))
                 .collect();
             let rw = if read_len.is_some() {
                 BLKIF_OP_READ
@@ -355,8 +371,8 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
         self.pending.insert(
             id,
             Pending {
-                pages: Vec::new(),
-                indirect: Vec::new(),
+                pages: Granted::none(),
+                indirect: Granted::none(),
                 read_len: None,
             },
         );
@@ -399,16 +415,17 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
                             pages,
                             read_len: Some(len),
                             ..
-                        }) if status == BLKIF_RSP_OKAY => Some(copy_out(pages, *len)),
+                        }) if status == BLKIF_RSP_OKAY => Some(pages.copy_out(*len)),
                         _ => None,
                     };
                     if let Some(Pending {
                         pages, indirect, ..
                     }) = entry
                     {
-                        if self.config.persistent {
-                            self.pool.extend(pages);
-                            self.pool.extend(indirect);
+                        for granted in [pages, indirect] {
+                            if let Granted::Pooled(pages) = granted {
+                                self.pool.extend(pages);
+                            }
                         }
                     }
                     done.push(Done {
