@@ -305,7 +305,7 @@ impl State {
         let mut refs = Vec::with_capacity(count as usize);
         let mut frames = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let (Some(frame), Some(gref)) = (dom.free_pages.pop(), dom.free_refs.pop()) else {
+            let (Some(frame), Some(gref)) = (dom.free_pages.pop_first(), dom.free_refs.pop()) else {
                 break;
             };
             if let Some(page) = dom.page(frame) {
@@ -346,7 +346,7 @@ impl State {
             }
         }
         if let Some(frame) = dom.granted.remove(&gref) {
-            dom.free_pages.push(frame);
+            dom.free_pages.insert(frame);
             dom.free_refs.push(gref);
         }
         Ok(())
