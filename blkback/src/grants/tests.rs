@@ -1,0 +1,120 @@
+use xen_grant::{GrantAllocator, GrantedPages};
+use xen_sim::SimDomain;
+
+use super::*;
+
+fn segment(gref: GrantRef) -> Segment {
+    Segment {
+        gref,
+        first_sect: 0,
+        last_sect: 7,
+    }
+}
+
+/// A frontend cycling through twice as many grants as the cache holds, in requests of 8
+/// pages, as deep queues of large requests do: the grants that made it into the cache keep
+/// hitting (Linux's policy), where evicting on every miss would throw out exactly the grants
+/// needed next and never hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_set_larger_than_the_cache_keeps_hitting_on_what_stays_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = xen_sim::Host::start(dir.path()).await.unwrap();
+    let dd = SimDomain::new(host.create_domain("dd", 64).unwrap());
+    let guest = SimDomain::new(host.create_domain("guest", 1024).unwrap());
+    let pages = guest
+        .grants()
+        .unwrap()
+        .grant_pages(dd.domid(), 64, true)
+        .unwrap();
+    let refs = pages.refs().to_vec();
+    let stats = Arc::new(QueueStats::default());
+    let mut cache = GrantCache::new(
+        Arc::new(dd.grants().unwrap()),
+        guest.domid(),
+        true,
+        32,
+        Arc::clone(&stats),
+    );
+    for _round in 0..10 {
+        for request in refs.chunks(8) {
+            let segments: Vec<Segment> = request.iter().copied().map(segment).collect();
+            let (iovecs, held) = cache.map(&segments, true).unwrap();
+            assert_eq!(iovecs.len(), 8);
+            cache.release(held);
+            assert!(cache.entries.len() <= 32);
+        }
+    }
+    let s = stats.snapshot();
+    assert_eq!(s.persistent_grants, 32, "the cache filled up");
+    assert_eq!(s.grant_hits + s.grants_mapped, 640);
+    // Rounds 2-10: the 32 cached grants hit every time (one purge may happen at most, as the
+    // test runs for far less than the purge interval).
+    assert!(s.grant_hits >= 9 * 32 - 8, "{s:?}");
+}
+
+/// Grants in use by a request in flight are never purged, and an idle full cache is purged
+/// (least recently used first) once the interval has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cache_purges_its_least_recently_used_idle_grants_after_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = xen_sim::Host::start(dir.path()).await.unwrap();
+    let dd = SimDomain::new(host.create_domain("dd", 64).unwrap());
+    let guest = SimDomain::new(host.create_domain("guest", 1024).unwrap());
+    let pages = guest
+        .grants()
+        .unwrap()
+        .grant_pages(dd.domid(), 30, true)
+        .unwrap();
+    let refs = pages.refs().to_vec();
+    let stats = Arc::new(QueueStats::default());
+    let mut cache = GrantCache::new(
+        Arc::new(dd.grants().unwrap()),
+        guest.domid(),
+        true,
+        20,
+        Arc::clone(&stats),
+    );
+    let map = |cache: &mut GrantCache<_>, grants: &[GrantRef]| {
+        let segments: Vec<Segment> = grants.iter().copied().map(segment).collect();
+        cache.map(&segments, true).unwrap().1
+    };
+    // 10 held in flight, 10 idle (the first 5 of them least recently used).
+    let busy = map(&mut cache, &refs[0..10]);
+    let idle = map(&mut cache, &refs[10..20]);
+    cache.release(idle);
+    let again = map(&mut cache, &refs[15..20]);
+    cache.release(again);
+    assert_eq!(cache.entries.len(), 20);
+    // Full: 5 newcomers purge the excess, least recently used idle first.
+    let newcomers = map(&mut cache, &refs[20..25]);
+    cache.release(newcomers);
+    for gref in &refs[0..10] {
+        assert!(cache.entries.contains_key(gref), "in flight: kept");
+    }
+    for gref in &refs[10..15] {
+        assert!(
+            !cache.entries.contains_key(gref),
+            "least recently used: purged"
+        );
+    }
+    for gref in &refs[15..25] {
+        assert!(cache.entries.contains_key(gref));
+    }
+    // Full again, and within the interval: the next newcomers are mapped for their request only.
+    let more = map(&mut cache, &refs[25..30]);
+    assert_eq!(cache.entries.len(), 20);
+    for gref in &refs[25..30] {
+        assert!(!cache.entries.contains_key(gref));
+    }
+    drop(more);
+    std::thread::sleep(PURGE_INTERVAL);
+    let later = map(&mut cache, &refs[25..30]);
+    cache.release(later);
+    for gref in &refs[25..30] {
+        assert!(
+            cache.entries.contains_key(gref),
+            "after the interval they fit"
+        );
+    }
+    cache.release(busy);
+}
