@@ -37,8 +37,9 @@ pub struct Options {
     /// Do not offer discard.
     #[arg(long)]
     pub no_discard: bool,
-    /// For frontends without persistent grants, map their pages per request instead of
-    /// grant-copying the data.
+    /// For frontends without persistent grants, map the pages of every request instead of
+    /// grant-copying the data of small ones (up to 11 segments; larger requests are always
+    /// mapped in one batch).
     #[arg(long)]
     pub map_non_persistent: bool,
     /// Most persistent grants each queue keeps mapped (Linux blkback's default is 1056, what

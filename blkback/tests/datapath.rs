@@ -45,8 +45,9 @@ async fn data_integrity_for_every_feature_combination() {
                             persistent,
                             indirect_segments: indirect,
                         };
-                        // Without persistent grants, alternate the two data paths.
-                        let grant_copy = !persistent && combos % 2 == 0;
+                        // Without persistent grants, both data paths with and without
+                        // indirect requests (switching with the ABI).
+                        let grant_copy = !persistent && (abi == Abi::X86_32) != (indirect > 0);
                         let (mut front, handle, stats) =
                             connect_with(&rig, &disk, config, 256, grant_copy);
                         assert_eq!(
@@ -106,6 +107,12 @@ async fn data_integrity_for_every_feature_combination() {
                             assert!(s.persistent_grants > 0);
                         } else {
                             assert_eq!(s.persistent_grants, 0, "{config:?} copy={grant_copy}");
+                            // Copying serves direct requests only; indirect ones are mapped.
+                            if grant_copy && indirect == 0 {
+                                assert_eq!(s.grants_mapped, 0, "{config:?}");
+                            } else {
+                                assert!(s.grants_mapped > 0, "{config:?} copy={grant_copy}");
+                            }
                         }
                         handle.stop();
                     }

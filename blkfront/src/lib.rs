@@ -250,7 +250,9 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
             return Ok(Granted::Pooled(pages));
         }
         // Without persistent grants, as Linux blkfront: writable only if the backend writes.
-        let batch = self.alloc.grant_pages(self.backend, count, backend_writes)?;
+        let batch = self
+            .alloc
+            .grant_pages(self.backend, count, backend_writes)?;
         Ok(Granted::Batch(Some(batch)))
     }
 

@@ -305,7 +305,8 @@ impl State {
         let mut refs = Vec::with_capacity(count as usize);
         let mut frames = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let (Some(frame), Some(gref)) = (dom.free_pages.pop_first(), dom.free_refs.pop()) else {
+            let (Some(frame), Some(gref)) = (dom.free_pages.pop_first(), dom.free_refs.pop())
+            else {
                 break;
             };
             if let Some(page) = dom.page(frame) {
