@@ -419,7 +419,7 @@ pub async fn run(
     writeln!(out).map_err(w)?;
     writeln!(
         out,
-        "without persistent grants, one queue: batched map per request vs grant copy"
+        "without persistent grants, one queue: batched map per request vs grant copy (requests of more than 11 segments are mapped either way)"
     )
     .map_err(w)?;
     writeln!(
