@@ -11,30 +11,62 @@ fn segment(gref: GrantRef) -> Segment {
     }
 }
 
+type Cache = GrantCache<xen_sim::domain::SimGrants>;
+
+/// What a test keeps alive: the host, the granted pages and the cache over them.
+struct Rig {
+    _dir: tempfile::TempDir,
+    _host: xen_sim::Host,
+    _pages: xen_sim::domain::SimGrantedPages,
+    refs: Vec<GrantRef>,
+    stats: Arc<QueueStats>,
+    cache: Cache,
+}
+
+/// A guest that granted `pages` pages to a driver domain whose cache holds `max` grants.
+async fn rig(pages: usize, max: usize) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let host = xen_sim::Host::start(dir.path()).await.unwrap();
+    let dd = SimDomain::new(host.create_domain("dd", 64).unwrap());
+    let guest = SimDomain::new(host.create_domain("guest", 1024).unwrap());
+    let granted = guest
+        .grants()
+        .unwrap()
+        .grant_pages(dd.domid(), pages, true)
+        .unwrap();
+    let stats = Arc::new(QueueStats::default());
+    let cache = GrantCache::new(
+        Arc::new(dd.grants().unwrap()),
+        guest.domid(),
+        true,
+        max,
+        Arc::clone(&stats),
+    );
+    Rig {
+        refs: granted.refs().to_vec(),
+        _dir: dir,
+        _host: host,
+        _pages: granted,
+        stats,
+        cache,
+    }
+}
+
 /// A frontend cycling through twice as many grants as the cache holds, in requests of 8
 /// pages, as deep queues of large requests do: the grants that made it into the cache keep
 /// hitting (Linux's policy), where evicting on every miss would throw out exactly the grants
 /// needed next and never hit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_working_set_larger_than_the_cache_keeps_hitting_on_what_stays_cached() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = xen_sim::Host::start(dir.path()).await.unwrap();
-    let dd = SimDomain::new(host.create_domain("dd", 64).unwrap());
-    let guest = SimDomain::new(host.create_domain("guest", 1024).unwrap());
-    let pages = guest
-        .grants()
-        .unwrap()
-        .grant_pages(dd.domid(), 64, true)
-        .unwrap();
-    let refs = pages.refs().to_vec();
-    let stats = Arc::new(QueueStats::default());
-    let mut cache = GrantCache::new(
-        Arc::new(dd.grants().unwrap()),
-        guest.domid(),
-        true,
-        32,
-        Arc::clone(&stats),
-    );
+    // The host, its domains and the granted pages live as long as the bindings.
+    let Rig {
+        refs,
+        stats,
+        mut cache,
+        _dir,
+        _host,
+        _pages,
+    } = rig(64, 32).await;
     for _round in 0..10 {
         for request in refs.chunks(8) {
             let segments: Vec<Segment> = request.iter().copied().map(segment).collect();
@@ -56,25 +88,15 @@ async fn a_working_set_larger_than_the_cache_keeps_hitting_on_what_stays_cached(
 /// (least recently used first) once the interval has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_cache_purges_its_least_recently_used_idle_grants_after_the_interval() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = xen_sim::Host::start(dir.path()).await.unwrap();
-    let dd = SimDomain::new(host.create_domain("dd", 64).unwrap());
-    let guest = SimDomain::new(host.create_domain("guest", 1024).unwrap());
-    let pages = guest
-        .grants()
-        .unwrap()
-        .grant_pages(dd.domid(), 30, true)
-        .unwrap();
-    let refs = pages.refs().to_vec();
-    let stats = Arc::new(QueueStats::default());
-    let mut cache = GrantCache::new(
-        Arc::new(dd.grants().unwrap()),
-        guest.domid(),
-        true,
-        20,
-        Arc::clone(&stats),
-    );
-    let map = |cache: &mut GrantCache<_>, grants: &[GrantRef]| {
+    let Rig {
+        refs,
+        mut cache,
+        _dir,
+        _host,
+        _pages,
+        ..
+    } = rig(30, 20).await;
+    let map = |cache: &mut Cache, grants: &[GrantRef]| {
         let segments: Vec<Segment> = grants.iter().copied().map(segment).collect();
         cache.map(&segments, true).unwrap().1
     };
