@@ -121,13 +121,16 @@ for rom in linuxboot.bin linuxboot_dma.bin kvmvapic.bin multiboot.bin multiboot_
 done
 cp -L /usr/lib/ipxe/qemu/*.rom $root/usr/share/qemu/ 2>/dev/null || true
 cp -L /usr/share/qemu/keymaps/en-us $root/usr/share/qemu/keymaps/ 2>/dev/null || true
+# OVMF, where libxl looks for it (bios="ovmf"): the UEFI firmware whose video driver drives demu.
+mkdir -p $root/usr/share/ovmf
+cp -L /usr/share/ovmf/OVMF.fd $root/usr/share/ovmf/ 2>/dev/null || true
 mkdir -p $root/usr/lib/x86_64-linux-gnu
 cp -a "$xlib"/libxen*.so* "$xlib"/libxl*.so* "$xlib"/libyajl*.so* $root/usr/lib/x86_64-linux-gnu/
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 $root/lib/x86_64-linux-gnu/ 2>/dev/null || true
 cp vmlinuz $root/boot/vmlinuz
 cp guest.cpio.gz dd.cpio.gz $root/boot/
 cp "$harness"/*.cfg $root/etc/xen/cfg/
-cp "$harness"/blk.sh "$harness"/net.sh "$harness"/dd.sh "$harness"/gpu.sh $root/etc/
+cp "$harness"/blk.sh "$harness"/net.sh "$harness"/dd.sh "$harness"/gpu.sh "$harness"/ovmf.sh $root/etc/
 cp "$harness"/lib.sh $root/etc/harness-lib.sh
 pack $root dom0.cpio.gz
 ls -la guest.cpio.gz dd.cpio.gz dom0.cpio.gz
