@@ -479,6 +479,11 @@ impl<D: DeviceModel + 'static> Device for Vgpu<D> {
         self.engine.pending()
     }
 
+    fn invalidate_mappings(&mut self) {
+        // The framebuffer is demu's own memory; only the engine maps the guest's.
+        self.engine.unmap_ring();
+    }
+
     fn read(&mut self, a: &Access) -> u64 {
         match a.space {
             Space::PciConfig => self.config.read(a.addr as u32, a.size).into(),

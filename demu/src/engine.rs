@@ -240,6 +240,12 @@ impl<D: DeviceModel + 'static> Engine<D> {
         self.errors = self.errors.wrapping_add(1);
     }
 
+    /// Drops the ring's mapping; the next command is read through a fresh one (the guest's
+    /// memory map changed).
+    pub fn unmap_ring(&mut self) {
+        self.ring = None;
+    }
+
     /// Whether commands wait in the ring (the renderer's queue was full).
     pub fn pending(&self) -> bool {
         self.control & CONTROL_ENABLE != 0 && self.head != self.tail && self.ring.is_some()

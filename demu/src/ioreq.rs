@@ -83,6 +83,9 @@ pub trait Device: Send {
     fn service(&mut self) -> bool {
         false
     }
+    /// Xen's `INVALIDATE`: the guest's memory map changed (it gave memory back), so mappings
+    /// of its memory kept from earlier (a command ring) must be made afresh before next use.
+    fn invalidate_mappings(&mut self) {}
 }
 
 /// Counters of one server.
@@ -362,9 +365,14 @@ impl<D: DeviceModel, E: EventChannel, V: Device> Server<D, E, V> {
             }
             all_ones(size)
         };
-        // Xen broadcasts these to every server (the guest's memory map changed, its clock
-        // moved), with a count of 0; demu keeps no map cache and no clock: nothing to do.
-        if matches!(req.type_, IOREQ_TYPE_INVALIDATE | IOREQ_TYPE_TIMEOFFSET) {
+        // Xen broadcasts these to every server, with a count of 0: the guest's memory map
+        // changed (as QEMU drops its map cache, the device drops what it keeps mapped), or its
+        // clock moved (demu keeps no clock).
+        if req.type_ == IOREQ_TYPE_INVALIDATE {
+            self.device.invalidate_mappings();
+            return 0;
+        }
+        if req.type_ == IOREQ_TYPE_TIMEOFFSET {
             return 0;
         }
         if !matches!(size, 1 | 2 | 4 | 8) || req.count == 0 {

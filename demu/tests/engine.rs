@@ -11,8 +11,13 @@ use std::time::Duration;
 use common::*;
 use demu::display;
 use demu::engine::{opcode, reg, Command, CONTROL_ENABLE, CONTROL_IRQ, REGS_OFFSET};
+use xen_abi::ioreq::{
+    Ioreq, IOREQ_TYPE_INVALIDATE, IOREQ_WRITE, STATE_IOREQ_READY, STATE_IORESP_READY,
+};
+use xen_devicemodel::DeviceModel;
 use xen_sim::hv::proto::Interrupt;
-use zerocopy::IntoBytes;
+use xen_sim::SimDomain;
+use zerocopy::{FromBytes, IntoBytes};
 
 const RING: u64 = 0x10_0000;
 const ENTRIES: u32 = 64;
@@ -279,4 +284,61 @@ async fn bad_commands_are_refused_and_the_engine_keeps_going() {
     guest.engine_write(reg::TAIL, u64::from(guest.tail));
     guest.wait_msi();
     assert_eq!(guest.engine_read(reg::FENCE), 11);
+}
+
+/// Xen's INVALIDATE (the guest gave memory back): the engine maps its ring afresh, so a ring
+/// page the guest has replaced is read from the new page, not from the one it gave away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_invalidate_the_engine_reads_the_ring_page_the_guest_has_now() {
+    let rig = rig(2).await;
+    let demu = rig.start_demu();
+    let (mut guest, _model) = setup(&rig).await;
+    guest.submit(&[fill(0, 0, 8, 8, 0x0011_2233), fence(1)]);
+    guest.wait_msi();
+    assert_eq!(guest.engine_read(reg::FENCE), 1);
+
+    // The ring's page is swapped (what ballooning it out and back in does): the old page
+    // moves out of the guest's RAM, a fresh one takes its gfn.
+    let target = rig.guests[0].domid();
+    let dm = rig.gpu_dd.device_model(target).unwrap();
+    dm.relocate_memory(RING >> 12, 0x4_0000, 1).unwrap();
+    dm.populate_ram(&[RING >> 12]).unwrap();
+    // Xen tells every ioreq server of the guest (count 0, as `send_invalidate_req` sends it).
+    let control = SimDomain::new(rig.host.dom0().clone()).control().unwrap();
+    let id = demu.server_id();
+    let probe = control
+        .inject_ioreq(target, id, 0, [0; 32], Duration::from_millis(1))
+        .unwrap();
+    let vp_eport = Ioreq::read_from_bytes(&probe).unwrap().vp_eport;
+    let invalidate = Ioreq {
+        addr: 0,
+        data: u64::MAX,
+        count: 0,
+        size: 4,
+        vp_eport,
+        _pad0: 0,
+        flags: Ioreq::pack_flags(STATE_IOREQ_READY, false, IOREQ_WRITE, false),
+        type_: IOREQ_TYPE_INVALIDATE,
+    };
+    let out = control
+        .inject_ioreq(
+            target,
+            id,
+            0,
+            invalidate.as_bytes().try_into().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(
+        Ioreq::read_from_bytes(&out).unwrap().state(),
+        STATE_IORESP_READY
+    );
+
+    guest.submit(&[fill(0, 0, 8, 8, 0x0044_5566), fence(2)]);
+    guest.wait_msi();
+    assert_eq!(guest.engine_read(reg::FENCE), 2);
+    assert_eq!(guest.engine_read(reg::ERRORS), 0);
+    let screen = demu.with(|v, _| display::capture(v)).unwrap().unwrap();
+    assert_eq!(screen.pixel(3, 3), Some((0x44, 0x55, 0x66)));
+    assert_eq!(demu.with(|_, c| c.malformed).unwrap(), 0);
 }
