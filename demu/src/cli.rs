@@ -1,5 +1,6 @@
 //! The `demu` command: emulate the vGPUs of one or more HVM guests from this domain (dom0 or
-//! a GPU driver domain made their device model), all sharing one renderer. `SIGUSR1` writes
+//! a GPU driver domain made their device model), all sharing one renderer: those named on the
+//! command line, and with `--serve` those the toolstack attaches through xenstore. `SIGUSR1` writes
 //! a PNG screenshot of every vGPU into `--screenshot-dir`; `SIGTERM`/`SIGINT` stop cleanly
 //! (every ioreq server destroyed, the framebuffers released with the guests).
 
@@ -18,6 +19,7 @@ use crate::display;
 use crate::ioreq::Server;
 use crate::mux::Renderer;
 use crate::runner::{self, Running};
+use crate::serve;
 use crate::vnc::VncServer;
 
 /// Command-line options.
@@ -34,8 +36,13 @@ pub struct Options {
     /// A vGPU to emulate: `domid=N[,bdf=00:02.0][,weight=1][,vnc=127.0.0.1:5900][,buffered=on]`
     /// (`buffered=off`: no buffered ioreq ring, every VGA-memory write is synchronous). Repeat
     /// for several guests.
-    #[arg(long = "vgpu", required = true)]
+    #[arg(long = "vgpu", required_unless_present = "serve")]
     pub vgpus: Vec<VgpuSpec>,
+    /// Also serve every vGPU the toolstack places under this domain's `backend/vgpu/<guest>/<id>`
+    /// in xenstore (keys `bdf`, and optionally `weight`, `vnc`, `buffered`), as a GPU driver
+    /// domain does, until the directory goes away or `online` becomes 0.
+    #[arg(long)]
+    pub serve: bool,
     /// First gfn of each framebuffer's home in its guest while BAR0 is not programmed (must be
     /// free guest-physical space; the guest's maxmem must leave 16 MiB for it).
     #[arg(long, default_value = "0x100000", value_parser = parse_u64)]
@@ -163,13 +170,13 @@ struct VgpuStats {
 }
 
 /// One running vGPU.
-struct Emulated<D: DeviceModel + 'static> {
+pub(crate) struct Emulated<D: DeviceModel + 'static> {
     domid: u16,
     running: Arc<Running<Vgpu<D>>>,
     _vnc: Option<VncServer>,
 }
 
-fn start_vgpu<D, E>(
+pub(crate) fn start_vgpu<D, E>(
     dm: D,
     evtchn: E,
     spec: &VgpuSpec,
@@ -218,7 +225,7 @@ where
     })
 }
 
-fn stats<D: DeviceModel + 'static>(vgpus: &[Emulated<D>]) -> Vec<VgpuStats> {
+fn stats<D: DeviceModel + 'static>(vgpus: &[Arc<Emulated<D>>]) -> Vec<VgpuStats> {
     vgpus
         .iter()
         .filter_map(|e| {
@@ -243,7 +250,7 @@ fn stats<D: DeviceModel + 'static>(vgpus: &[Emulated<D>]) -> Vec<VgpuStats> {
         .collect()
 }
 
-fn screenshots<D: DeviceModel + 'static>(vgpus: &[Emulated<D>], dir: &std::path::Path) {
+fn screenshots<D: DeviceModel + 'static>(vgpus: &[Arc<Emulated<D>>], dir: &std::path::Path) {
     for e in vgpus {
         let path = dir.join(format!("vgpu-{}.png", e.domid));
         let shot = e
@@ -306,23 +313,38 @@ fn palette(screen: &display::Screen) -> (usize, [u8; 3]) {
 
 async fn serve<D, E>(
     options: Options,
-    open: impl Fn(u16) -> Result<(D, E), String>,
+    open: serve::Open<D, E>,
+    xs: Option<xen_store::Xs>,
 ) -> Result<(), String>
 where
     D: DeviceModel + 'static,
     E: EventChannel + 'static,
 {
-    let renderer = Renderer::start().map_err(|e| format!("cannot start the renderer: {e}"))?;
-    let mut vgpus = Vec::new();
+    let renderer =
+        Arc::new(Renderer::start().map_err(|e| format!("cannot start the renderer: {e}"))?);
+    let vgpus: serve::Running<D> = Arc::default();
     for spec in &options.vgpus {
         let (dm, evtchn) = open(spec.domid)?;
-        vgpus.push(start_vgpu(dm, evtchn, spec, &options, &renderer)?);
+        let started = start_vgpu(dm, evtchn, spec, &options, &renderer)?;
+        serve::lock(&vgpus).push(Arc::new(started));
     }
-    let vgpus = Arc::new(vgpus);
+    let now = |v: &serve::Running<D>| serve::lock(v).clone();
     if let Some(path) = options.stats_file.clone() {
         let v = Arc::clone(&vgpus);
-        xen_backend::spawn_stats_writer(path, move || serde_json::to_vec_pretty(&stats(&v)).ok());
+        xen_backend::spawn_stats_writer(path, move || {
+            serde_json::to_vec_pretty(&stats(&now(&v))).ok()
+        });
     }
+    let options = Arc::new(options);
+    let served = xs.map(|xs| {
+        tokio::spawn(serve::serve_xenstore(
+            xs,
+            open,
+            Arc::clone(&options),
+            Arc::clone(&renderer),
+            Arc::clone(&vgpus),
+        ))
+    });
     use tokio::signal::unix::{signal, SignalKind};
     let sig = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
     let (mut usr1, mut term, mut int) = (
@@ -333,7 +355,7 @@ where
     loop {
         tokio::select! {
             _ = usr1.recv() => match &options.screenshot_dir {
-                Some(dir) => screenshots(&vgpus, dir),
+                Some(dir) => screenshots(&now(&vgpus), dir),
                 None => tracing::warn!("SIGUSR1: no --screenshot-dir to write screenshots into"),
             },
             _ = term.recv() => break,
@@ -341,7 +363,11 @@ where
         }
     }
     tracing::info!("stopping: destroying the ioreq servers");
-    drop(vgpus);
+    if let Some(task) = served {
+        task.abort();
+        let _ = task.await;
+    }
+    serve::lock(&vgpus).clear();
     Ok(())
 }
 
@@ -362,23 +388,33 @@ pub async fn run(options: Options) -> Result<(), String> {
         })?;
     }
     if sim {
-        let domain = xen_sim::SimDomain::from_env().map_err(|e| e.to_string())?;
-        serve(options, |domid| {
+        let domain = Arc::new(xen_sim::SimDomain::from_env().map_err(|e| e.to_string())?);
+        let xs = match options.serve {
+            true => Some(domain.xenstore().await.map_err(|e| e.to_string())?),
+            false => None,
+        };
+        let open: serve::Open<_, _> = Arc::new(move |domid| {
             let dm = domain.device_model(domid).map_err(|e| e.to_string())?;
             let evtchn = domain.evtchn().map_err(|e| e.to_string())?;
             Ok((dm, evtchn))
-        })
-        .await
+        });
+        serve(options, open, xs).await
     } else {
-        serve(options, |domid| {
+        let xs = match options.serve {
+            true => Some(xen_store::Xs::open().await.map_err(|e| {
+                format!("cannot reach xenstore ({e}); is this a Xen domain with xenfs mounted?")
+            })?),
+            false => None,
+        };
+        let open: serve::Open<_, _> = Arc::new(|domid| {
             let dm = xen_devicemodel::linux::Privcmd::open(domid).map_err(|e| {
                 format!("{e}; demu needs /dev/xen/privcmd in dom0 or in the guest's device-model domain")
             })?;
             let evtchn = xen_evtchn::linux::DevEvtchn::open()
                 .map_err(|e| format!("cannot open /dev/xen/evtchn: {e}"))?;
             Ok((dm, evtchn))
-        })
-        .await
+        });
+        serve(options, open, xs).await
     }
 }
 

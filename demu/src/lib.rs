@@ -15,4 +15,5 @@ pub mod ioreq;
 pub mod mux;
 pub mod pci;
 pub mod runner;
+pub mod serve;
 pub mod vnc;

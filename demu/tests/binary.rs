@@ -104,3 +104,76 @@ async fn bad_arguments_get_one_clear_sentence() {
         );
     }
 }
+
+/// `demu --serve` as a GPU driver domain runs it: the toolstack attaches a vGPU by writing its
+/// backend directory; demu emulates it and reports `hotplug-status`; a directory it cannot
+/// serve gets `error` and a sentence; `online` = 0 takes the vGPU away again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_vgpus_the_toolstack_attaches_through_xenstore() {
+    use xen_sim::toolstack::{attach_device, request_detach, DeviceSpec};
+    let rig = rig(1).await;
+    let guest = rig.guests[0].domid();
+    let dd = rig.gpu_dd.domid();
+    let xs = SimDomain::new(rig.host.dom0().clone())
+        .xenstore()
+        .await
+        .unwrap();
+    let mut child = demu(&rig).arg("--serve").spawn().unwrap();
+    let drv = Driver { cpu: rig.vcpu(0) };
+    assert_eq!(drv.cfg_read(0x00, 4), 0xffff_ffff, "nothing attached yet");
+
+    let spec = |devid: u32, bdf: &str| DeviceSpec {
+        kind: "vgpu".into(),
+        backend: dd,
+        frontend: guest,
+        devid,
+        backend_keys: vec![("bdf".into(), bdf.into()), ("weight".into(), "2".into())],
+        frontend_keys: vec![],
+    };
+    let be = |devid: u32| format!("/local/domain/{dd}/backend/vgpu/{guest}/{devid}");
+    let status = |devid: u32| {
+        let xs = xs.clone();
+        async move {
+            xs.read_opt(&format!("{}/hotplug-status", be(devid)))
+                .await
+                .unwrap()
+        }
+    };
+    attach_device(&xs, &spec(0, "00:02.0")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(0).await.as_deref() != Some(b"connected".as_slice()) {
+        assert!(Instant::now() < deadline, "no hotplug-status");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(drv.cfg_read(0x00, 4), 0x1111_1234);
+    drv.enable(FB_BAR, MMIO_BAR);
+    assert_eq!(drv.dispi_read(0), 0xb0c5);
+
+    // A directory demu cannot serve: an error and one sentence, the other vGPU untouched.
+    attach_device(&xs, &spec(1, "zz")).await.unwrap();
+    while status(1).await.as_deref() != Some(b"error".as_slice()) {
+        assert!(Instant::now() < deadline, "no error status");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let why = xs
+        .read_string(&format!("{}/hotplug-error", be(1)))
+        .await
+        .unwrap();
+    assert!(why.contains("is not a PCI address"), "{why}");
+    assert_eq!(drv.dispi_read(0), 0xb0c5);
+
+    // Detach: the ioreq server goes, the function reads all-ones again.
+    request_detach(&xs, "vgpu", dd, guest, 0).await.unwrap();
+    eventually("the vGPU to go away", || {
+        drv.cfg_read(0x00, 4) == 0xffff_ffff
+    })
+    .await;
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
