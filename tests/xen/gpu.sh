@@ -18,12 +18,20 @@ else
     domid=$(xl domid hvm-gpu 2>/dev/null)
     # Room for the 16 MiB framebuffer demu populates above the guest's RAM.
     xl mem-max hvm-gpu 300
-    RUST_LOG=$(sed -n "s/.*demulog=\([^ ]*\).*/\1/p" /proc/cmdline | tr + ,) demu --platform xen --vgpu "domid=$domid,bdf=00:05.0" \
+    # demu serves the vGPUs the toolstack attaches through xenstore, as in a GPU driver domain
+    # (here dom0 is both): the toolstack writes the backend directory.
+    RUST_LOG=$(sed -n "s/.*demulog=\([^ ]*\).*/\1/p" /proc/cmdline | tr + ,) demu --platform xen --serve \
         --screenshot-dir /tmp/shots --stats-file /tmp/demu.json > /tmp/demu.log 2>&1 &
     pid=$!
+    be=/local/domain/0/backend/vgpu/$domid/0
+    xenstore-write $be/bdf 00:05.0 $be/online 1
     t=0
-    while ! grep -q "emulating the vGPU" /tmp/demu.log && [ $t -lt 20 ]; do sleep 0.5; t=$((t + 1)); done
-    if grep -q "emulating the vGPU" /tmp/demu.log; then echo "CHECK gpu-demu-claims-device ok"; else echo "CHECK gpu-demu-claims-device failed"; fi
+    while [ "$(xenstore-read $be/hotplug-status 2>/dev/null)" != connected ] && [ $t -lt 30 ]; do sleep 0.5; t=$((t + 1)); done
+    if grep -q "emulating the vGPU" /tmp/demu.log && [ "$(xenstore-read $be/hotplug-status 2>/dev/null)" = connected ]; then
+        echo "CHECK gpu-demu-claims-device ok"
+    else
+        echo "CHECK gpu-demu-claims-device failed"
+    fi
     xl unpause hvm-gpu
     ts "hvm-gpu unpaused"
     if wait_console hvm-gpu GPU-MODE-SET 200; then
@@ -64,6 +72,12 @@ else
     echo "demu counters: $(tr -d ' \n' < /tmp/demu.json 2>/dev/null)"
     console hvm-gpu | grep -a -E "GUEST-|vgpu|fb0|bochs|drm|records|starts with|engine:|irq handler" | sed 's/^/  guest: /' | head -40
     console hvm-gpu | sed -n 's/.*GUEST-CHECK \([a-z-]*\) \([a-z]*\).*/CHECK \1 \2/p'
+    # The toolstack takes the vGPU away: demu destroys its ioreq server and keeps running.
+    xenstore-write $be/online 0
+    t=0
+    while ! grep -q "vGPU detached" /tmp/demu.log && [ $t -lt 20 ]; do sleep 0.5; t=$((t + 1)); done
+    if grep -q "vGPU detached" /tmp/demu.log && kill -0 $pid 2>/dev/null; then echo "CHECK gpu-xenstore-detach ok"; else echo "CHECK gpu-xenstore-detach failed"; fi
+    xenstore-rm $be
     kill -TERM $pid
     t=0
     while kill -0 $pid 2>/dev/null && [ $t -lt 20 ]; do sleep 0.5; t=$((t + 1)); done

@@ -67,7 +67,7 @@ scenario_checks() {
             dd-net-checksums dd-disk-checksum" ;;
         gpu) echo "gpu-demu-claims-device gpu-pci-device gpu-bochs-bound gpu-mode-set
             gpu-console-screenshot gpu-pattern-screenshot gpu-engine-fence gpu-2d-engine
-            gpu-engine-msi gpu-demu-stops" ;;
+            gpu-engine-msi gpu-xenstore-detach gpu-demu-stops" ;;
         ovmf) echo "gpu-ovmf-screenshot" ;;
     esac
 }
