@@ -2,7 +2,7 @@
 # driver (QemuVideoDxe) binds to the vGPU that our demu in dom0 emulates, sets a mode and shows
 # the boot manager and shell there. Under the harness's software emulation, QEMU 7.2 itself
 # often aborts as Xen starts OVMF ("tcg_handle_interrupt: assertion failed:
-# (qemu_mutex_iothread_locked())"; 1 run of 4 got through, with XEN_HARNESS_TCG=single: OVMF
+# (qemu_mutex_iothread_locked())"; 1 run of 6 got through, with XEN_HARNESS_TCG=single: OVMF
 # set 1280x800 and drew its screen within 20 s), so this scenario is for a machine with
 # hardware virtualization and is not in CI:
 #   XEN_HARNESS_SCENARIOS=ovmf XEN_HARNESS_TCG=single tests/xen/run.sh
