@@ -89,19 +89,22 @@ async fn serve_one<D, E>(
     let _ = xs
         .write(&format!("{dir}/hotplug-status"), b"connected")
         .await;
-    if let Ok(mut watch) = xs.watch(&dir).await {
-        while watch.next().await.is_some() {
-            let gone = !xs.exists(&dir).await.unwrap_or(false);
-            let offline = xs
-                .read_opt(&format!("{dir}/online"))
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|v| v == b"0");
-            if gone || offline {
-                break;
+    match xs.watch(&dir).await {
+        Ok(mut watch) => {
+            while watch.next().await.is_some() {
+                let gone = !xs.exists(&dir).await.unwrap_or(false);
+                let offline = xs
+                    .read_opt(&format!("{dir}/online"))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v == b"0");
+                if gone || offline {
+                    break;
+                }
             }
         }
+        Err(e) => tracing::warn!(%dir, "cannot watch the vGPU's directory, so it stops: {e}"),
     }
     lock(&running).retain(|e| !Arc::ptr_eq(e, &vgpu));
     drop(vgpu);

@@ -16,6 +16,17 @@ fn demu(rig: &Rig) -> tokio::process::Command {
     cmd
 }
 
+/// SIGTERM, then a successful exit within 10 s.
+async fn stop_cleanly(child: &mut tokio::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !f() {
@@ -73,12 +84,7 @@ async fn demu_serves_screenshots_and_stops_cleanly() {
     })
     .await;
 
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    stop_cleanly(&mut child).await;
     assert_eq!(drv.cfg_read(0x00, 4), 0xffff_ffff, "the device is gone");
 }
 
@@ -169,11 +175,13 @@ async fn serves_the_vgpus_the_toolstack_attaches_through_xenstore() {
     })
     .await;
 
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
+    // Attached again under a new id, then demu stops while it is attached.
+    attach_device(&xs, &spec(2, "00:02.0")).await.unwrap();
+    while status(2).await.as_deref() != Some(b"connected".as_slice()) {
+        assert!(Instant::now() < deadline, "no hotplug-status");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(drv.cfg_read(0x00, 4), 0x1111_1234);
+    stop_cleanly(&mut child).await;
+    assert_eq!(drv.cfg_read(0x00, 4), 0xffff_ffff, "the device is gone");
 }
