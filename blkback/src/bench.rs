@@ -328,11 +328,29 @@ fn drive(
     Ok(done)
 }
 
-/// Runs every workload with 1 and 2 queues and prints the table.
+/// Which parts of the benchmark to run.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Only workloads whose name contains this (all when `None`).
+    pub workload: Option<String>,
+    /// Queue counts to run (1 and 2 when empty).
+    pub queues: Vec<usize>,
+    /// Only the main table (no larger-cache and no-persistent-grant tables).
+    pub main_only: bool,
+}
+
+impl Selection {
+    fn wants(&self, w: &Workload) -> bool {
+        self.workload.as_deref().is_none_or(|n| w.name.contains(n))
+    }
+}
+
+/// Runs the selected workloads and prints the tables.
 pub async fn run(
     dir: &Path,
     file_mib: u64,
     seconds: u32,
+    selection: &Selection,
     out: &mut dyn std::io::Write,
 ) -> std::result::Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -366,8 +384,13 @@ pub async fn run(
     )
     .map_err(w)?;
     let mut limits = Vec::new();
-    for queues in [1usize, 2] {
-        for wl in WORKLOADS {
+    let queue_counts = if selection.queues.is_empty() {
+        vec![1usize, 2]
+    } else {
+        selection.queues.clone()
+    };
+    for &queues in &queue_counts {
+        for wl in WORKLOADS.into_iter().filter(|w| selection.wants(w)) {
             let limit = fio(&file, bytes, wl, queues, seconds)
                 .ok_or("fio failed or is not installed (apt-get install fio)")?;
             let ours = ours(dir, &file, bytes, wl, queues, seconds, PERSISTENT).await?;
@@ -394,6 +417,9 @@ pub async fn run(
         "(us = CPU microseconds per I/O; the last two columns are ours / fio)"
     )
     .map_err(w)?;
+    if selection.main_only {
+        return Ok(());
+    }
     writeln!(out).map_err(w)?;
     writeln!(out, "1 MiB with a larger grant cache (--max-persistent-grants 4096; 8 requests of 257 pages in flight)").map_err(w)?;
     let big = DataPath {
@@ -428,7 +454,10 @@ pub async fn run(
         "workload", "map IOPS", "map us", "copy IOPS", "copy us", "copy/map"
     )
     .map_err(w)?;
-    for wl in [WORKLOADS[1], WORKLOADS[3], WORKLOADS[4], WORKLOADS[5]] {
+    for wl in [WORKLOADS[1], WORKLOADS[3], WORKLOADS[4], WORKLOADS[5]]
+        .into_iter()
+        .filter(|w| selection.wants(w))
+    {
         let map = ours(
             dir,
             &file,

@@ -240,13 +240,15 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
 
     fn data_pages(&mut self, count: usize, backend_writes: bool) -> Result<Granted<A::Pages>> {
         if self.config.persistent {
-            let mut pages = Vec::with_capacity(count);
-            for _ in 0..count {
-                match self.pool.pop() {
-                    Some(p) => pages.push(p),
-                    None => pages.push(self.alloc.grant_pages(self.backend, 1, true)?),
-                }
+            if let Some(short) = count.checked_sub(self.pool.len()).filter(|&n| n > 0) {
+                // Grow the pool by the shortfall in one operation, ordered so that this
+                // request takes the pages in the order they were granted.
+                let fresh = self.alloc.grant_single_pages(self.backend, short, true)?;
+                self.pool.extend(fresh.into_iter().rev());
             }
+            let keep = self.pool.len().saturating_sub(count);
+            let mut pages = self.pool.split_off(keep);
+            pages.reverse();
             return Ok(Granted::Pooled(pages));
         }
         // Without persistent grants, as Linux blkfront: writable only if the backend writes.

@@ -17,10 +17,23 @@ struct Args {
     /// Seconds per run.
     #[arg(long, default_value_t = 3)]
     seconds: u32,
+    /// Only workloads whose name contains this (e.g. "qd32", "1M seqwrite").
+    #[arg(long)]
+    workload: Option<String>,
+    /// Queue counts to run, e.g. `--queues 1` (default: 1 and 2).
+    #[arg(long, value_delimiter = ',')]
+    queues: Vec<usize>,
+    /// Only the main table against fio.
+    #[arg(long)]
+    main_only: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.queues.iter().any(|&q| q == 0 || q > 16) {
+        eprintln!("blkback-bench: --queues takes counts from 1 to 16, e.g. --queues 1,2");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -33,6 +46,11 @@ fn main() -> ExitCode {
         &args.dir,
         args.file_mib,
         args.seconds,
+        &blkback::bench::Selection {
+            workload: args.workload,
+            queues: args.queues,
+            main_only: args.main_only,
+        },
         &mut stdout,
     )) {
         Ok(()) => ExitCode::SUCCESS,

@@ -140,3 +140,38 @@ async fn a_full_cache_purges_its_least_recently_used_idle_grants_after_the_inter
     }
     cache.release(busy);
 }
+
+/// Misses are mapped in grant-reference order (so consecutive frames map in one piece), which
+/// is not the order of the request's segments: each segment must still point at its own page,
+/// whether the batch goes into the cache or serves this request only, with a grant that
+/// appears twice in one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_in_any_order_map_to_their_own_pages() {
+    for max in [64, 4] {
+        let Rig {
+            refs,
+            mut cache,
+            _dir,
+            _host,
+            _pages,
+            ..
+        } = rig(16, max).await;
+        for i in 0..16 {
+            // SAFETY: page `i` of the guest's own granted pages, alive in `_pages`.
+            unsafe { _pages.as_ptr().add(i * PAGE_SIZE).write(i as u8 + 1) };
+        }
+        // Descending references, with the first one again at the end.
+        let mut order: Vec<usize> = (0..16).rev().collect();
+        order.push(15);
+        let segments: Vec<Segment> = order.iter().map(|&i| segment(refs[i])).collect();
+        let (iovecs, held) = cache.map(&segments, true).unwrap();
+        assert_eq!(iovecs.len(), order.len());
+        for (iov, &i) in iovecs.iter().zip(&order) {
+            // SAFETY: each iovec points at a mapped page held by `held`.
+            let first = unsafe { iov.iov_base.cast::<u8>().read() };
+            assert_eq!(first, i as u8 + 1, "segment for page {i} (cache of {max})");
+        }
+        assert_eq!(cache.entries.len(), if max == 64 { 16 } else { 0 });
+        cache.release(held);
+    }
+}

@@ -154,4 +154,18 @@ pub trait GrantAllocator: Send + Sync {
     /// Allocates `count` zeroed pages and grants them to `domid` (read-only unless
     /// `writable`).
     fn grant_pages(&self, domid: DomId, count: usize, writable: bool) -> Result<Self::Pages>;
+
+    /// Like [`grant_pages`](Self::grant_pages) with `count` separate single pages, each with
+    /// its own lifetime (a frontend's pool of persistent grants). Implementations that can
+    /// grant them in one operation should; by default, one page at a time.
+    fn grant_single_pages(
+        &self,
+        domid: DomId,
+        count: usize,
+        writable: bool,
+    ) -> Result<Vec<Self::Pages>> {
+        (0..count)
+            .map(|_| self.grant_pages(domid, 1, writable))
+            .collect()
+    }
 }

@@ -129,6 +129,36 @@ async fn grant_map_checks_entries_like_xen() {
     drop(map);
 }
 
+/// Single pages granted in one call: each its own page and grant, each revoked alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_pages_granted_together_live_and_end_apart() {
+    let w = world("single").await;
+    let (ga, gb) = (w.a.grants().unwrap(), w.b.grants().unwrap());
+    let mut pages = ga.grant_single_pages(w.b.domid(), 4, true).unwrap();
+    assert_eq!(pages.len(), 4);
+    for (i, p) in pages.iter().enumerate() {
+        assert_eq!((p.len(), p.refs().len()), (4096, 1));
+        // SAFETY: writes the first byte of the granter's own page.
+        unsafe { p.as_ptr().write(b'a' + i as u8) };
+    }
+    let refs: Vec<_> = pages.iter().map(|p| p.refs()[0]).collect();
+    let map = gb.map(w.a.domid(), &refs, false).unwrap();
+    for i in 0..4 {
+        // SAFETY: reads within the 4-page mapping.
+        let seen = unsafe { map.as_ptr().add(i * 4096).read() };
+        assert_eq!(seen, b'a' + i as u8);
+    }
+    drop(map);
+    drop(pages.remove(1));
+    let a = w.a.domid();
+    assert_eq!(
+        refused_status(gb.map(a, &refs[1..2], false).unwrap_err()),
+        status::GENERAL_ERROR,
+        "the dropped page's grant ended"
+    );
+    assert!(gb.map(a, &[refs[0], refs[2], refs[3]], false).is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mapped_grant_is_busy_for_the_granter() {
     let w = world("busy").await;

@@ -306,6 +306,66 @@ impl SimGrantedPages {
 impl GrantAllocator for SimGrants {
     type Pages = SimGrantedPages;
 
+    /// One hypervisor call for all pages (the lowest free frames, so usually consecutive),
+    /// each page then mapped on its own.
+    fn grant_single_pages(
+        &self,
+        domid: DomId,
+        count: usize,
+        writable: bool,
+    ) -> Result<Vec<SimGrantedPages>, GrantError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let count32 = u32::try_from(count).map_err(|_| GrantError::Invalid {
+            op: "grant",
+            reason: "too many pages",
+        })?;
+        let (reply, _) = self
+            .conn
+            .call(&Request::GrantPages {
+                remote: domid,
+                count: count32,
+                writable,
+            })
+            .map_err(|e| os("grant", e))?;
+        let Reply::Granted { refs, frames } = reply else {
+            return Err(os(
+                "grant",
+                Error::Protocol("unexpected grant reply".into()),
+            ));
+        };
+        let end_all = |refs: Vec<GrantRef>| {
+            let _ = self.conn.call(&Request::EndAccess { refs });
+        };
+        let fd = match self.own_memory() {
+            Ok(fd) => fd,
+            Err(e) => {
+                end_all(refs);
+                return Err(e);
+            }
+        };
+        let mut out = Vec::with_capacity(refs.len());
+        for (i, (&gref, &frame)) in refs.iter().zip(&frames).enumerate() {
+            match map_frames(&fd, &[frame], true) {
+                Ok(pages) => out.push(SimGrantedPages {
+                    pages,
+                    refs: vec![gref],
+                    conn: Arc::clone(&self.conn),
+                }),
+                Err(e) => {
+                    // The pages made so far end their access when `out` drops.
+                    end_all(refs.get(i..).map(<[GrantRef]>::to_vec).unwrap_or_default());
+                    return Err(GrantError::Os {
+                        op: "grant",
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn grant_pages(
         &self,
         domid: DomId,
