@@ -1,18 +1,18 @@
 //! One ring worker: a thread per queue that owns its ring, its event channel, its io_uring
 //! queue and its grant mappings, and serves the frontend's requests.
 //!
-//! The loop: wait (epoll) for an event, completions or a stop request; finish completed I/O
-//! (unmapping before responding); then run passes over the ring — copy each request once,
-//! validate it, map its data, submit its first operation — until the final check finds nothing;
-//! only then unmask the event channel, so a frontend that notifies in a loop costs at most one
-//! pass per wake-up. A bogus producer index halts this ring only.
+//! The loop: sleep in the storage queue (one io_uring wait covers completions, the event
+//! channel and the stop request, and submits what is queued); finish completed I/O (unmapping
+//! before responding); then run passes over the ring — copy each request once, validate it,
+//! map its data, submit its first operation — until the final check finds nothing; only then
+//! unmask the event channel, so a frontend that notifies in a loop costs at most one pass per
+//! wake-up. A bogus producer index halts this ring only.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use xen_abi::blkif::{BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SEGS_PER_INDIRECT_FRAME};
 use xen_abi::{DomId, GrantRef, Port};
 use xen_backend::WorkerSignals;
@@ -149,17 +149,6 @@ where
         .map_err(StartError::Bind)?;
     let queue = disk.open_queue(ring.size())?;
     let signals = WorkerSignals::new()?;
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    for (fd, token) in [
-        (evtchn.readiness_fd(), 0u64),
-        (queue.completion_fd(), 1),
-        (signals.stop_fd(), 2),
-    ] {
-        // SAFETY: each descriptor is owned by `evtchn`, `queue` or `signals`, all of which the
-        // worker keeps for as long as `epoll`.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
-    }
     let slots = ring.size() as usize;
     let mut worker = Worker {
         queue,
@@ -179,7 +168,6 @@ where
         ring,
         evtchn,
         local_port,
-        epoll,
         signals: signals.clone(),
         abi: spec.abi,
         limits: spec.limits,
@@ -214,7 +202,6 @@ struct Worker<G: GrantMapper, E: EventChannel> {
     ring: AnyRing<G::Mapping>,
     evtchn: E,
     local_port: Port,
-    epoll: Epoll,
     signals: WorkerSignals,
     abi: Abi,
     limits: Limits,
@@ -237,7 +224,9 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
 
     fn run(&mut self) {
         let mut stopping = false;
-        let mut events = [EpollEvent::empty(); 4];
+        // The queue polls these while it waits for completions: the event channel, the stop
+        // signal. Both stay open for as long as the queue (fields of this worker).
+        let watch = [self.evtchn.readiness_fd(), self.signals.stop_fd()];
         let mut done = Vec::new();
         // A frontend may have queued requests before we bound the port.
         self.service_ring();
@@ -253,27 +242,17 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             if stopping && self.in_flight() == 0 {
                 break;
             }
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!("blkback queue: epoll failed: {e}");
-                    break;
-                }
-            };
-            let mut kicked = false;
-            for ev in events.iter().take(n) {
-                match ev.data() {
-                    0 => kicked = true,
-                    2 => {
-                        self.signals.clear_stop();
-                        stopping = true;
-                    }
-                    _ => {}
-                }
-            }
             done.clear();
-            self.queue.completions(&mut done);
+            let mut readable = [false; 2];
+            if let Err(e) = self.queue.wait(&watch, &mut done, &mut readable) {
+                tracing::error!("blkback queue: waiting failed: {e}");
+                break;
+            }
+            let [kicked, stop] = readable;
+            if stop {
+                self.signals.clear_stop();
+                stopping = true;
+            }
             tracing::trace!(
                 kicked,
                 completions = done.len(),
@@ -297,9 +276,6 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 }
             } else if !stopping && self.deferred {
                 self.service_ring();
-            }
-            if let Err(e) = self.queue.submit() {
-                tracing::error!("blkback queue: submit failed: {e}");
             }
             if std::mem::take(&mut self.notify) {
                 if let Err(e) = self.evtchn.notify(self.local_port) {

@@ -11,14 +11,7 @@ use xen_ring::{HeapPages, SharedMemory};
 fn wait(queue: &mut dyn Queue, n: usize) -> Vec<Completion> {
     let mut out = Vec::new();
     while out.len() < n {
-        let mut pfd = libc::pollfd {
-            fd: queue.completion_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the call.
-        unsafe { libc::poll(&mut pfd, 1, 5000) };
-        queue.completions(&mut out);
+        queue.wait(&[], &mut out, &mut []).unwrap();
     }
     out
 }

@@ -87,8 +87,16 @@ pub trait Queue: Send {
     fn completions(&mut self, out: &mut Vec<Completion>);
     /// Operations pushed and not yet completed.
     fn in_flight(&self) -> usize;
-    /// A descriptor that polls readable when completions are waiting.
-    fn completion_fd(&self) -> RawFd;
+    /// Submits everything queued, then sleeps until an operation completes or a descriptor in
+    /// `watch` polls readable (the worker's event channel and stop signal): finished
+    /// operations go to `done`, and `readable[i]` is set for each `watch[i]` seen readable
+    /// (possibly spuriously). One system call where the queue can (io_uring waits for both).
+    fn wait(
+        &mut self,
+        watch: &[RawFd],
+        done: &mut Vec<Completion>,
+        readable: &mut [bool],
+    ) -> io::Result<()>;
 }
 
 /// A disk.

@@ -2,13 +2,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
 use io_uring::{opcode, types, IoUring};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{Completion, Disk, DiskInfo, Op, Queue, QueueFull};
 
@@ -119,29 +118,38 @@ impl Disk for RawDisk {
     }
 }
 
-/// One io_uring per worker, with an eventfd that signals completions.
+/// Tags of the polls [`Queue::wait`] keeps on watched descriptors: `WATCH_TAG + index`, far
+/// above any operation tag a worker uses (its slot numbers).
+const WATCH_TAG: u64 = 1 << 63;
+
+/// Most descriptors one queue watches.
+const MAX_WATCHED: usize = 8;
+
+/// One io_uring per worker; the worker sleeps in it, for completions and for its watched
+/// descriptors at once.
 struct UringQueue {
     ring: IoUring,
     file: Arc<File>,
-    eventfd: OwnedFd,
     in_flight: usize,
     depth: usize,
+    /// Which watched descriptors have a poll armed (one-shot polls, re-armed after they fire,
+    /// so a descriptor that stays readable is reported again: level-triggered).
+    armed: [bool; MAX_WATCHED],
 }
 
 impl UringQueue {
     fn new(file: Arc<File>, depth: u32) -> io::Result<Self> {
         let depth = depth.clamp(1, 4096).next_power_of_two();
-        let ring = IoUring::builder().setup_cqsize(depth * 2).build(depth)?;
-        let eventfd = OwnedFd::from(EventFd::from_flags(
-            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
-        )?);
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let entries = depth + MAX_WATCHED as u32;
+        let ring = IoUring::builder()
+            .setup_cqsize(entries.next_power_of_two() * 2)
+            .build(entries)?;
         Ok(Self {
             ring,
             file,
-            eventfd,
             in_flight: 0,
             depth: depth as usize,
+            armed: [false; MAX_WATCHED],
         })
     }
 }
@@ -191,23 +199,75 @@ impl Queue for UringQueue {
     }
 
     fn completions(&mut self, out: &mut Vec<Completion>) {
-        let mut counter = [0u8; 8];
-        let _ = nix::unistd::read(self.eventfd.as_fd().as_raw_fd(), &mut counter);
-        for cqe in self.ring.completion() {
-            self.in_flight = self.in_flight.saturating_sub(1);
-            out.push(Completion {
-                tag: cqe.user_data(),
-                result: cqe.result(),
-            });
-        }
+        self.harvest(out, &mut []);
     }
 
     fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    fn completion_fd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
+    fn wait(
+        &mut self,
+        watch: &[RawFd],
+        done: &mut Vec<Completion>,
+        readable: &mut [bool],
+    ) -> io::Result<()> {
+        if watch.len() > MAX_WATCHED {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many descriptors to watch",
+            ));
+        }
+        for (i, &fd) in watch.iter().enumerate() {
+            let Some(armed) = self.armed.get_mut(i).filter(|a| !**a) else {
+                continue;
+            };
+            let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                .build()
+                .user_data(WATCH_TAG + i as u64);
+            // SAFETY: a poll references no memory of ours; the descriptor is the caller's and
+            // a poll on a closed descriptor completes with an error.
+            unsafe { self.ring.submission().push(&poll) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            *armed = true;
+        }
+        // Sleep only if nothing is waiting in the completion queue already.
+        let want = usize::from(self.ring.completion().is_empty());
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        self.harvest(done, readable);
+        Ok(())
+    }
+}
+
+impl UringQueue {
+    /// Moves completions out of the ring: operations to `out`, fired polls to `readable`.
+    fn harvest(&mut self, out: &mut Vec<Completion>, readable: &mut [bool]) {
+        for cqe in self.ring.completion() {
+            let tag = cqe.user_data();
+            if let Some(watched) = tag.checked_sub(WATCH_TAG) {
+                let i = watched as usize;
+                if let Some(armed) = self.armed.get_mut(i) {
+                    *armed = false;
+                }
+                if let Some(r) = readable.get_mut(i) {
+                    *r = true;
+                }
+                continue;
+            }
+            self.in_flight = self.in_flight.saturating_sub(1);
+            out.push(Completion {
+                tag,
+                result: cqe.result(),
+            });
+        }
     }
 }
 
