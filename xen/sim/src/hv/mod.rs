@@ -293,7 +293,6 @@ impl Hypervisor {
         }
     }
 
-    /// Handles one request of connection `conn`.
     /// `CopyGrantsBuffered` on connection `conn`, through its copy buffer.
     pub(crate) fn copy_grants_buffered(
         &self,
@@ -308,6 +307,7 @@ impl Hypervisor {
         state.copy_grants_buffered(domid, segments, buffer)
     }
 
+    /// Handles one request of connection `conn`.
     pub(crate) fn handle(&self, conn: ConnId, request: Request) -> Answer {
         let domid = match self.lock().conns.get(&conn) {
             Some(c) => c.domid,
