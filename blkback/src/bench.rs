@@ -329,7 +329,7 @@ fn drive(
 }
 
 /// Which parts of the benchmark to run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Selection {
     /// Only workloads whose name contains this (all when `None`).
     pub workload: Option<String>,
@@ -337,6 +337,8 @@ pub struct Selection {
     pub queues: Vec<usize>,
     /// Only the main table (no larger-cache and no-persistent-grant tables).
     pub main_only: bool,
+    /// Measurements per row of the main table (fio and ours alternating); the median is shown.
+    pub repeat: usize,
 }
 
 impl Selection {
@@ -370,7 +372,7 @@ pub async fn run(
     writeln!(out, "blkback on the simulated host vs fio (io_uring, O_DIRECT) on the same {file_mib} MiB file, {seconds} s per run").map_err(w)?;
     writeln!(
         out,
-        "{:<20} {:>2}  {:>10} {:>9} {:>8}  {:>10} {:>9} {:>8}  {:>6} {:>6}",
+        "{:<20} {:>2}  {:>10} {:>9} {:>8}  {:>10} {:>9} {:>8}  {:>6}",
         "workload",
         "q",
         "fio IOPS",
@@ -379,8 +381,7 @@ pub async fn run(
         "ours IOPS",
         "ours MB/s",
         "ours us",
-        "IOPS",
-        "MB/s"
+        "ratio"
     )
     .map_err(w)?;
     let mut limits = Vec::new();
@@ -391,13 +392,26 @@ pub async fn run(
     };
     for &queues in &queue_counts {
         for wl in WORKLOADS.into_iter().filter(|w| selection.wants(w)) {
-            let limit = fio(&file, bytes, wl, queues, seconds)
-                .ok_or("fio failed or is not installed (apt-get install fio)")?;
-            let ours = ours(dir, &file, bytes, wl, queues, seconds, PERSISTENT).await?;
+            // fio and ours alternate; the pair with the median ratio is shown.
+            let mut pairs = Vec::new();
+            for _ in 0..selection.repeat.max(1) {
+                let limit = fio(&file, bytes, wl, queues, seconds)
+                    .ok_or("fio failed or is not installed (apt-get install fio)")?;
+                let ours = ours(dir, &file, bytes, wl, queues, seconds, PERSISTENT).await?;
+                pairs.push((ours.iops / limit.iops, limit, ours));
+            }
+            pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let spread = match (pairs.first(), pairs.last()) {
+                (Some(lo), Some(hi)) if pairs.len() > 1 => format!("  ({:.2}-{:.2})", lo.0, hi.0),
+                _ => String::new(),
+            };
+            let Some(&(ratio, limit, ours)) = pairs.get(pairs.len() / 2) else {
+                continue;
+            };
             limits.push((wl.name, queues, limit));
             writeln!(
                 out,
-                "{:<20} {:>2}  {:>10.0} {:>9.1} {:>8.1}  {:>10.0} {:>9.1} {:>8.1}  {:>6.2} {:>6.2}",
+                "{:<20} {:>2}  {:>10.0} {:>9.1} {:>8.1}  {:>10.0} {:>9.1} {:>8.1}  {:>6.2}{spread}",
                 wl.name,
                 queues,
                 limit.iops,
@@ -406,15 +420,14 @@ pub async fn run(
                 ours.iops,
                 ours.mbps,
                 ours.cpu_us,
-                ours.iops / limit.iops,
-                ours.mbps / limit.mbps
+                ratio,
             )
             .map_err(w)?;
         }
     }
     writeln!(
         out,
-        "(us = CPU microseconds per I/O; the last two columns are ours / fio)"
+        "(us = CPU microseconds per I/O; ratio = ours / fio IOPS, which for one block size is also the bandwidth ratio; with --repeat, the median pair and the range of ratios)"
     )
     .map_err(w)?;
     if selection.main_only {

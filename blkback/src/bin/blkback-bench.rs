@@ -26,6 +26,10 @@ struct Args {
     /// Only the main table against fio.
     #[arg(long)]
     main_only: bool,
+    /// Measure each row of the main table this many times (fio and ours alternating) and
+    /// show the median: the machine is noisy.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15))]
+    repeat: u32,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
             workload: args.workload,
             queues: args.queues,
             main_only: args.main_only,
+            repeat: args.repeat as usize,
         },
         &mut stdout,
     )) {
