@@ -243,9 +243,12 @@ pub async fn ours(
         );
         let stop = Arc::clone(&stop);
         let region = file_bytes / queues as u64;
-        threads.push(std::thread::spawn(move || {
-            drive(front, w, q as u64 * region, region, &stop)
-        }));
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("guest-front-q{q}"))
+                .spawn(move || drive(front, w, q as u64 * region, region, &stop))
+                .map_err(|e| format!("cannot start a frontend thread: {e}"))?,
+        );
     }
     let cpu0 = cpu_seconds(libc::RUSAGE_SELF);
     let t0 = Instant::now();
