@@ -66,7 +66,7 @@ pack() {
 # The guest.
 base images/guest
 copy_modules images/guest xen-blkfront xen-netfront bochs
-cp "$harness"/net-guest.sh "$harness"/dd-guest.sh "$harness"/gpu-guest.sh "$harness"/net-send-up.sh "$harness"/net-send-up2.sh \
+cp "$harness"/net-guest.sh "$harness"/dd-guest.sh "$harness"/gpu-guest.sh "$harness"/net-send-up.sh "$harness"/net-send-up2.sh "$harness"/net-send-up-dd2.sh \
     "$harness"/net-recv-down.sh "$harness"/udhcpc.script images/guest/etc/
 pack images/guest guest.cpio.gz
 

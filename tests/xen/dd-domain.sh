@@ -1,6 +1,6 @@
 # Inside the network and storage driver domain (role=dd): a bridge with a DHCP server, our
-# netback and blkback on the real /dev/xen devices, and a listener that reports the SHA-256 of
-# what a guest uploads.
+# netback and blkback on the real /dev/xen devices, listeners that report the SHA-256 of what a
+# guest uploads, and one that kills and restarts both backends when the guest asks.
 ts() { echo "[T+$(cut -d' ' -f1 /proc/uptime)s] $*"; }
 brctl addbr xenbr0
 ip addr add 10.98.0.1/24 dev xenbr0
@@ -9,17 +9,51 @@ printf 'start 10.98.0.10\nend 10.98.0.20\ninterface xenbr0\nlease_file /tmp/udhc
 touch /tmp/udhcpd.leases
 udhcpd /etc/udhcpd.conf
 dd if=/dev/zero of=/tmp/disk-dd.img bs=1M count=32 2>/dev/null
+# Listeners the guest drives: 5001 and 5004 take an upload and report its SHA-256; 5002 kills
+# both backends with SIGKILL and restarts them (the guest asks while its disk write runs);
+# 5003 reports how many write requests the restarted blkback has served.
 cat > /tmp/recv-up.sh <<'SCRIPT'
 #!/bin/sh
 cat > /tmp/up
 set -- $(sha256sum < /tmp/up)
 echo "DD-RECEIVED $1" > /dev/console
 SCRIPT
-chmod +x /tmp/recv-up.sh
-nc -l -p 5001 -e /tmp/recv-up.sh &
+cat > /tmp/recv-up2.sh <<'SCRIPT'
+#!/bin/sh
+cat > /tmp/up2
+set -- $(sha256sum < /tmp/up2)
+echo "DD-RECEIVED2 $1" > /dev/console
+SCRIPT
 # Their logs go to this domain's console, which dom0's xenconsoled records.
-ls -l /dev/xen/
+cat > /tmp/start-backends.sh <<'SCRIPT'
+#!/bin/sh
 RUST_LOG=info netback --platform xen > /dev/console 2>&1 &
-RUST_LOG=info blkback --platform xen > /dev/console 2>&1 &
+echo $! > /tmp/netback.pid
+RUST_LOG=info blkback --platform xen --stats-file /tmp/blkback-stats.json > /dev/console 2>&1 &
+echo $! > /tmp/blkback.pid
+SCRIPT
+cat > /tmp/restart.sh <<'SCRIPT'
+#!/bin/sh
+sleep 0.2
+kill -9 "$(cat /tmp/netback.pid)" "$(cat /tmp/blkback.pid)"
+echo "[T+$(cut -d' ' -f1 /proc/uptime)s] DD-BACKENDS-KILLED" > /dev/console
+rm -f /tmp/blkback-stats.json
+sleep 0.5
+/tmp/start-backends.sh
+echo "[T+$(cut -d' ' -f1 /proc/uptime)s] DD-BACKENDS-RESTARTED" > /dev/console
+SCRIPT
+cat > /tmp/report.sh <<'SCRIPT'
+#!/bin/sh
+sleep 2
+n=$(grep '"writes"' /tmp/blkback-stats.json 2>/dev/null | tr -dc '0-9\n' | awk '{s += $1} END {print s + 0}')
+echo "DD-WRITES-AFTER-RESTART $n" > /dev/console
+SCRIPT
+chmod +x /tmp/recv-up.sh /tmp/recv-up2.sh /tmp/start-backends.sh /tmp/restart.sh /tmp/report.sh
+nc -l -p 5001 -e /tmp/recv-up.sh &
+nc -l -p 5002 -e /tmp/restart.sh &
+nc -l -p 5003 -e /tmp/report.sh &
+nc -l -p 5004 -e /tmp/recv-up2.sh &
+ls -l /dev/xen/
+/tmp/start-backends.sh
 sleep 1
 ts "DD-READY"

@@ -19,4 +19,21 @@ dd if=/tmp/up of=/dev/xvda bs=1M oflag=direct 2>/dev/null
 dd if=/dev/xvda of=/tmp/back bs=1M count=8 iflag=direct 2>/dev/null
 a=$(sha256sum < /tmp/up) b=$(sha256sum < /tmp/back)
 [ -b /dev/xvda ] && [ "$a" = "$b" ] && check dd-disk-checksum ok || check dd-disk-checksum failed
+# Backend restart inside the driver domain: while a write of 4 KiB O_DIRECT requests runs, ask
+# the driver domain to SIGKILL and restart netback and blkback; the write must finish and read
+# back intact, and the link must come back without anything done here.
+dd if=/dev/urandom of=/tmp/long bs=1M count=16 2>/dev/null
+dd if=/tmp/long of=/dev/xvda bs=4k oflag=direct 2>/dev/null &
+writer=$!
+echo go | timeout 30 nc 10.98.0.1 5002 >/dev/null 2>&1
+wait $writer && written=ok || written=failed
+dd if=/dev/xvda of=/tmp/long-back bs=1M count=16 iflag=direct 2>/dev/null
+a=$(sha256sum < /tmp/long) b=$(sha256sum < /tmp/long-back)
+[ "$written" = ok ] && [ "$a" = "$b" ] && check dd-restart-disk-checksum ok \
+    || check dd-restart-disk-checksum failed
+ping -c 3 -W 5 10.98.0.1 >/dev/null 2>&1 && check dd-restart-ping ok || check dd-restart-ping failed
+dd if=/dev/urandom of=/tmp/up2 bs=1M count=4 2>/dev/null
+echo "DD-SHA-UP2 $(sha256sum < /tmp/up2 | cut -d' ' -f1)"
+timeout 120 nc 10.98.0.1 5004 -e /etc/net-send-up-dd2.sh
+echo go | timeout 30 nc 10.98.0.1 5003 >/dev/null 2>&1
 echo "DD-IO-DONE"

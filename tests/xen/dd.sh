@@ -1,7 +1,9 @@
 # dom0 scenario: a PV network and storage driver domain. Our netback and blkback run in it (not
 # in dom0); a PV guest's unmodified xen-netfront and xen-blkfront connect to backends in that
 # domain: the guest gets its address from the driver domain's DHCP server across its bridge,
-# pings it, uploads data whose SHA-256 the driver domain reports, and checks its disk.
+# pings it, uploads data whose SHA-256 the driver domain reports, and checks its disk; then both
+# backends are SIGKILLed and restarted inside the driver domain during a disk write, which must
+# complete intact, and the link must come back for a second checksummed upload.
 . /etc/harness-lib.sh
 dd_diagnose() {
     echo "--- driver-domain diagnostics"
@@ -35,6 +37,17 @@ if wait_console guest-dd DD-IO-DONE 240; then
     echo "upload: guest $up_guest driver domain $up_dd"
     [ -n "$up_guest" ] && [ "$up_guest" = "$up_dd" ] \
         && echo "CHECK dd-net-checksums ok" || echo "CHECK dd-net-checksums failed"
+    # The restart step: both backends were SIGKILLed and restarted inside the driver domain
+    # while the guest wrote; the restarted blkback must have served some of those writes (so
+    # the kill landed mid-write), and an upload after it must arrive intact.
+    up2_guest=$(console guest-dd | sed -n 's/.*DD-SHA-UP2 \([0-9a-f]*\).*/\1/p' | tail -1)
+    up2_dd=$(console network-dd | sed -n 's/.*DD-RECEIVED2 \([0-9a-f]*\).*/\1/p' | tail -1)
+    after=$(console network-dd | sed -n 's/.*DD-WRITES-AFTER-RESTART \([0-9]*\).*/\1/p' | tail -1)
+    echo "after the restart: upload guest $up2_guest driver domain $up2_dd; writes served by the new blkback: ${after:-none}"
+    console network-dd | grep -q "DD-BACKENDS-RESTARTED" && [ "${after:-0}" -gt 0 ] \
+        && echo "CHECK dd-restart-during-write ok" || echo "CHECK dd-restart-during-write failed"
+    [ -n "$up2_guest" ] && [ "$up2_guest" = "$up2_dd" ] \
+        && echo "CHECK dd-restart-net-checksum ok" || echo "CHECK dd-restart-net-checksum failed"
 else
     dd_diagnose
 fi

@@ -148,18 +148,12 @@ async fn a_full_cache_purges_its_least_recently_used_idle_grants_after_the_inter
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_in_any_order_map_to_their_own_pages() {
     for max in [64, 4] {
-        let Rig {
-            refs,
-            mut cache,
-            _dir,
-            _host,
-            _pages,
-            ..
-        } = rig(16, max).await;
+        let mut rig = rig(16, max).await;
         for i in 0..16 {
-            // SAFETY: page `i` of the guest's own granted pages, alive in `_pages`.
-            unsafe { _pages.as_ptr().add(i * PAGE_SIZE).write(i as u8 + 1) };
+            // SAFETY: page `i` of the guest's own granted pages, alive in `rig`.
+            unsafe { rig._pages.as_ptr().add(i * PAGE_SIZE).write(i as u8 + 1) };
         }
+        let (refs, cache) = (&rig.refs, &mut rig.cache);
         // Descending references, with the first one again at the end.
         let mut order: Vec<usize> = (0..16).rev().collect();
         order.push(15);

@@ -27,6 +27,9 @@ pub(super) fn os(op: &'static str, e: Error) -> GrantError {
     GrantError::Os { op, source }
 }
 
+/// Pages just granted: their references, their frames, and our memory to map them from.
+type GrantedFrames = (Vec<GrantRef>, Vec<u32>, Arc<OwnedFd>);
+
 /// A grant handle: maps and copies other domains' grants, and grants our own pages.
 pub struct SimGrants {
     conn: Arc<HvConn>,
@@ -40,6 +43,41 @@ pub struct SimGrants {
 }
 
 impl SimGrants {
+    /// Asks the hypervisor for `count` granted pages of our memory: their references, frames
+    /// and our memory's descriptor to map them from (access ends again if that fails).
+    fn grant_frames(
+        &self,
+        domid: DomId,
+        count: usize,
+        writable: bool,
+    ) -> Result<GrantedFrames, GrantError> {
+        let count32 = u32::try_from(count).map_err(|_| GrantError::Invalid {
+            op: "grant",
+            reason: "too many pages",
+        })?;
+        let (reply, _) = self
+            .conn
+            .call(&Request::GrantPages {
+                remote: domid,
+                count: count32,
+                writable,
+            })
+            .map_err(|e| os("grant", e))?;
+        let Reply::Granted { refs, frames } = reply else {
+            return Err(os(
+                "grant",
+                Error::Protocol("unexpected grant reply".into()),
+            ));
+        };
+        match self.own_memory() {
+            Ok(fd) => Ok((refs, frames, fd)),
+            Err(e) => {
+                let _ = self.conn.call(&Request::EndAccess { refs });
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) fn open(creds: &Credentials) -> super::Result<Self> {
         Ok(Self {
             conn: Arc::new(HvConn::open(creds, false)?),
@@ -317,33 +355,9 @@ impl GrantAllocator for SimGrants {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let count32 = u32::try_from(count).map_err(|_| GrantError::Invalid {
-            op: "grant",
-            reason: "too many pages",
-        })?;
-        let (reply, _) = self
-            .conn
-            .call(&Request::GrantPages {
-                remote: domid,
-                count: count32,
-                writable,
-            })
-            .map_err(|e| os("grant", e))?;
-        let Reply::Granted { refs, frames } = reply else {
-            return Err(os(
-                "grant",
-                Error::Protocol("unexpected grant reply".into()),
-            ));
-        };
+        let (refs, frames, fd) = self.grant_frames(domid, count, writable)?;
         let end_all = |refs: Vec<GrantRef>| {
             let _ = self.conn.call(&Request::EndAccess { refs });
-        };
-        let fd = match self.own_memory() {
-            Ok(fd) => fd,
-            Err(e) => {
-                end_all(refs);
-                return Err(e);
-            }
         };
         let mut out = Vec::with_capacity(refs.len());
         for (i, (&gref, &frame)) in refs.iter().zip(&frames).enumerate() {
@@ -372,25 +386,7 @@ impl GrantAllocator for SimGrants {
         count: usize,
         writable: bool,
     ) -> Result<SimGrantedPages, GrantError> {
-        let count32 = u32::try_from(count).map_err(|_| GrantError::Invalid {
-            op: "grant",
-            reason: "too many pages",
-        })?;
-        let (reply, _) = self
-            .conn
-            .call(&Request::GrantPages {
-                remote: domid,
-                count: count32,
-                writable,
-            })
-            .map_err(|e| os("grant", e))?;
-        let Reply::Granted { refs, frames } = reply else {
-            return Err(os(
-                "grant",
-                Error::Protocol("unexpected grant reply".into()),
-            ));
-        };
-        let fd = self.own_memory()?;
+        let (refs, frames, fd) = self.grant_frames(domid, count, writable)?;
         match map_frames(&fd, &frames, true) {
             Ok(pages) => Ok(SimGrantedPages {
                 pages,
