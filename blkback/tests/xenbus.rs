@@ -183,11 +183,21 @@ async fn attach_negotiate_io_and_hot_unplug() {
         Some(true),
         "the backend unbound its port"
     );
-    assert_eq!(
-        gxs.read_state(&format!("{be}/state")).await.unwrap(),
-        XenbusState::Closed
-    );
+    wait_removed(&gxs, &be).await;
     rig.backend_task.abort();
+}
+
+/// Waits until the backend directory is gone: in a driver domain blkback removes it once the
+/// device is closed and offline, as `xl devd` would (libxl in dom0 waits for that).
+async fn wait_removed(xs: &xen_store::Xs, dir: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while xs.exists(dir).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dir} was not removed after the device closed offline"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,11 +440,7 @@ async fn hot_unplug_with_io_in_flight_answers_everything_first() {
     gxs.write_state(&format!("{fe_dir}/state"), XenbusState::Closed)
         .await
         .unwrap();
-    wait_state(&gxs, &format!("{be}/state"), Duration::from_secs(10), |s| {
-        s == XenbusState::Closed
-    })
-    .await
-    .unwrap();
+    wait_removed(&gxs, &be).await;
     rig.backend_task.abort();
 }
 

@@ -37,3 +37,12 @@ echo "DD-SHA-UP2 $(sha256sum < /tmp/up2 | cut -d' ' -f1)"
 timeout 120 nc 10.98.0.1 5004 -e /etc/net-send-up-dd2.sh
 echo go | timeout 30 nc 10.98.0.1 5003 >/dev/null 2>&1
 echo "DD-IO-DONE"
+# Idle now: dom0 detaches the disk and the NIC (xl block-detach, xl network-detach); both must
+# go away here.
+t=0
+while { [ -b /dev/xvda ] || [ -e /sys/class/net/eth0 ]; } && [ $t -lt 120 ]; do
+    sleep 0.5
+    t=$((t + 1))
+done
+[ -b /dev/xvda ] && check dd-guest-disk-detached failed || check dd-guest-disk-detached ok
+[ -e /sys/class/net/eth0 ] && check dd-guest-nic-detached failed || check dd-guest-nic-detached ok

@@ -3,7 +3,8 @@
 # domain: the guest gets its address from the driver domain's DHCP server across its bridge,
 # pings it, uploads data whose SHA-256 the driver domain reports, and checks its disk; then both
 # backends are SIGKILLed and restarted inside the driver domain during a disk write, which must
-# complete intact, and the link must come back for a second checksummed upload.
+# complete intact, and the link must come back for a second checksummed upload; last, the idle
+# guest's disk and NIC are hot-unplugged with xl block-detach and xl network-detach.
 . /etc/harness-lib.sh
 dd_diagnose() {
     echo "--- driver-domain diagnostics"
@@ -48,6 +49,11 @@ if wait_console guest-dd DD-IO-DONE 240; then
         && echo "CHECK dd-restart-during-write ok" || echo "CHECK dd-restart-during-write failed"
     [ -n "$up2_guest" ] && [ "$up2_guest" = "$up2_dd" ] \
         && echo "CHECK dd-restart-net-checksum ok" || echo "CHECK dd-restart-net-checksum failed"
+    # Hot-unplug from the driver domain's backends while the guest is idle.
+    timeout 60 xl block-detach guest-dd xvda && [ -z "$(xl block-list guest-dd | awk 'NR > 1')" ] \
+        && echo "CHECK dd-block-detach ok" || echo "CHECK dd-block-detach failed"
+    timeout 60 xl network-detach guest-dd 0 && [ -z "$(xl network-list guest-dd | awk 'NR > 1')" ] \
+        && echo "CHECK dd-network-detach ok" || echo "CHECK dd-network-detach failed"
 else
     dd_diagnose
 fi

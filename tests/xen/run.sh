@@ -65,7 +65,8 @@ scenario_checks() {
             network-detach vif-removed" ;;
         dd) echo "dd-boots dd-guest-sees-eth0 dd-dhcp-address dd-ping dd-backends-in-driver-domain
             dd-net-checksums dd-disk-checksum dd-restart-disk-checksum dd-restart-ping
-            dd-restart-during-write dd-restart-net-checksum" ;;
+            dd-restart-during-write dd-restart-net-checksum dd-block-detach dd-network-detach
+            dd-guest-disk-detached dd-guest-nic-detached" ;;
         gpu) echo "gpu-demu-claims-device gpu-pci-device gpu-bochs-bound gpu-mode-set
             gpu-console-screenshot gpu-pattern-screenshot gpu-engine-fence gpu-2d-engine
             gpu-engine-msi gpu-xenstore-detach gpu-demu-stops" ;;

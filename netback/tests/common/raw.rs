@@ -136,6 +136,26 @@ impl Rig {
         false
     }
 
+    /// Waits until guest `i`'s vif `devid` has no backend directory: netback in a driver
+    /// domain removes it once the device is closed and offline, as `xl devd` would.
+    pub async fn wait_backend_removed(&self, i: usize, devid: u32) -> bool {
+        let xs = self.host_xs().await;
+        let dir = xen_store::path::backend_path(
+            self.dd.domid(),
+            "vif",
+            self.guests[i].domain.domid(),
+            devid,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(xs.exists(&dir).await, Ok(false)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// The host-side device name of guest `i`'s vif `devid`.
     pub fn vif_name(&self, i: usize, devid: u32) -> String {
         format!("vif{}.{devid}", self.guests[i].domain.domid())

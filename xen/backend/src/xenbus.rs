@@ -8,7 +8,8 @@
 //! (the frontend's `state`, our own directory, and keys the driver names) re-read and act:
 //! frontend `Initialised`/`Connected` → driver connects → `Connected`; `Closing` → driver
 //! disconnects (every mapping and port released first) → `Closing`; `Closed` → `Closed`, and
-//! with `online` = 0 (or the backend directory gone) the device ends; a frontend that starts over
+//! with `online` = 0 (or the backend directory gone) the device ends (in a driver domain we then
+//! remove the backend directory, as `xl devd` would); a frontend that starts over
 //! (`Initialising`) takes the device back through `Closed` to `InitWait`. A driver that reports a
 //! misbehaving frontend gets the device taken down with an `error` key (`xenbus_dev_fatal`).
 
@@ -312,4 +313,44 @@ pub async fn run_device<D: DeviceDriver>(
     forwarders.iter().for_each(tokio::task::JoinHandle::abort);
     driver.disconnect().await;
     driver.remove(&dev).await;
+    remove_offline_directory(&dev).await;
+}
+
+/// The domain a backend directory `/local/domain/<domid>/backend/...` belongs to.
+fn backend_domain(be: &str) -> Option<DomId> {
+    be.strip_prefix("/local/domain/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Removes the backend directory of a device the toolstack took offline, when we run in a
+/// driver domain. There `xl devd` would remove it after running the hotplug scripts, and libxl
+/// in dom0 waits for that before it removes the frontend's directory (until then the guest
+/// keeps the device); our backends do devd's part for their own devices, as they already write
+/// `hotplug-status`. In dom0, libxl removes the directory itself.
+async fn remove_offline_directory(dev: &XenbusDevice) {
+    if backend_domain(&dev.be).is_none_or(|d| d == 0) {
+        return;
+    }
+    let offline = matches!(dev.backend_key("online").await, Ok(v) if v.as_deref() != Some("1"));
+    let present = matches!(dev.backend_key("state").await, Ok(Some(_)));
+    if offline && present {
+        match dev.xs.rm(&dev.be).await {
+            Ok(()) => tracing::info!(
+                frontend = dev.frontend,
+                devid = dev.devid,
+                "{}: device removed; its backend directory is gone",
+                dev.label
+            ),
+            Err(e) => tracing::warn!(
+                frontend = dev.frontend,
+                devid = dev.devid,
+                "{}: cannot remove the backend directory {}: {e}",
+                dev.label,
+                dev.be
+            ),
+        }
+    }
 }

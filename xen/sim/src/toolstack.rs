@@ -162,7 +162,9 @@ pub async fn request_detach(
     .await
 }
 
-/// Removes a device's directories (after the backend reached `Closed`).
+/// Removes a device's directories (after the backend reached `Closed`). A backend running in a
+/// driver domain removes its own directory once the device is closed and offline, as `xl devd`
+/// does there; removing it again is harmless.
 pub async fn remove_device(
     xs: &xen_store::Xs,
     kind: &str,
