@@ -113,6 +113,30 @@ struct Measure {
 
 const TCP_SEGMENT: f64 = 1448.0;
 
+/// The run with the median ratio, and the range of ratios when there were several.
+struct Median {
+    ratio: f64,
+    veth: Measure,
+    ours: Measure,
+    spread: String,
+}
+
+/// Picks the median of `(ratio, veth, ours)` runs.
+fn median(runs: &mut [(f64, Measure, Measure)]) -> Option<Median> {
+    runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let spread = match (runs.first(), runs.last()) {
+        (Some(lo), Some(hi)) if runs.len() > 1 => format!("  ({:.2}-{:.2})", lo.0, hi.0),
+        _ => String::new(),
+    };
+    let &(ratio, veth, ours) = runs.get(runs.len() / 2)?;
+    Some(Median {
+        ratio,
+        veth,
+        ours,
+        spread,
+    })
+}
+
 fn json_f64(v: &serde_json::Value, path: &[&str]) -> Result<f64> {
     let mut at = v;
     for p in path {
@@ -356,13 +380,14 @@ pub async fn run(
     seconds: u32,
     queue_counts: &[u32],
     offload_settings: &[bool],
+    repeat: u32,
     out: &mut dyn Write,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let w = |e: std::io::Error| e.to_string();
     writeln!(
         out,
-        "netback on the simulated host vs a veth pair, iperf3 {seconds} s per run; CPU = whole machine busy time per packet"
+        "netback on the simulated host vs a veth pair, iperf3 {seconds} s per run; CPU = whole machine busy time per packet; with --repeat, the run with the median ratio and the range"
     )
     .map_err(w)?;
     writeln!(
@@ -373,43 +398,55 @@ pub async fn run(
     .map_err(w)?;
     for &offloads in offload_settings {
         for &queues in queue_counts {
+            // Both set up once; veth and netback runs alternate, `repeat` times each.
             let (a, b) = veth_pair(queues, offloads)?;
-            let veth_tcp = iperf(&a, &b, "10.77.0.2", queues, seconds, false)?;
-            let veth_udp = iperf(&a, &b, "10.77.0.2", queues, seconds, true)?;
-            drop((a, b));
             let pair = netback_pair(dir, queues, offloads).await?;
             let (g0, g1) = match pair.guests.as_slice() {
                 [g0, g1] => (g0, g1),
                 _ => return Err("two guests expected".into()),
             };
-            let ours_tcp = iperf(g0, g1, "10.78.0.2", queues, seconds, false)?;
-            let ours_udp = iperf(g0, g1, "10.78.0.2", queues, seconds, true)?;
+            let mut tcp = Vec::new();
+            let mut udp = Vec::new();
+            for _ in 0..repeat.max(1) {
+                let veth_tcp = iperf(&a, &b, "10.77.0.2", queues, seconds, false)?;
+                let ours_tcp = iperf(g0, g1, "10.78.0.2", queues, seconds, false)?;
+                tcp.push((ours_tcp.rate / veth_tcp.rate, veth_tcp, ours_tcp));
+                let veth_udp = iperf(&a, &b, "10.77.0.2", queues, seconds, true)?;
+                let ours_udp = iperf(g0, g1, "10.78.0.2", queues, seconds, true)?;
+                udp.push((ours_udp.rate / veth_udp.rate, veth_udp, ours_udp));
+            }
             drop(pair);
+            drop((a, b));
             let label = if offloads { "on" } else { "off" };
+            let (Some(t), Some(u)) = (median(&mut tcp), median(&mut udp)) else {
+                continue;
+            };
             writeln!(
                 out,
-                "{:<9} {:>2} {:<8}  {:>6.2} Gb/s {:>9.0}  {:>6.2} Gb/s {:>9.0}  {:>6.2}",
+                "{:<9} {:>2} {:<8}  {:>6.2} Gb/s {:>9.0}  {:>6.2} Gb/s {:>9.0}  {:>6.2}{}",
                 "tcp",
                 queues,
                 label,
-                veth_tcp.rate / 1e9,
-                veth_tcp.cpu_ns,
-                ours_tcp.rate / 1e9,
-                ours_tcp.cpu_ns,
-                ours_tcp.rate / veth_tcp.rate
+                t.veth.rate / 1e9,
+                t.veth.cpu_ns,
+                t.ours.rate / 1e9,
+                t.ours.cpu_ns,
+                t.ratio,
+                t.spread
             )
             .map_err(w)?;
             writeln!(
                 out,
-                "{:<9} {:>2} {:<8}  {:>7.0} p/s {:>9.0}  {:>7.0} p/s {:>9.0}  {:>6.2}",
+                "{:<9} {:>2} {:<8}  {:>7.0} p/s {:>9.0}  {:>7.0} p/s {:>9.0}  {:>6.2}{}",
                 "udp 64B",
                 queues,
                 label,
-                veth_udp.rate,
-                veth_udp.cpu_ns,
-                ours_udp.rate,
-                ours_udp.cpu_ns,
-                ours_udp.rate / veth_udp.rate
+                u.veth.rate,
+                u.veth.cpu_ns,
+                u.ours.rate,
+                u.ours.cpu_ns,
+                u.ratio,
+                u.spread
             )
             .map_err(w)?;
         }

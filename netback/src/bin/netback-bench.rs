@@ -23,6 +23,9 @@ struct Args {
     /// Offload settings to measure (`on`, `off`), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [Offloads::On, Offloads::Off])]
     offloads: Vec<Offloads>,
+    /// Runs per measurement (veth and netback alternating); the median is shown.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15))]
+    repeat: u32,
 }
 
 /// Offloads on or off.
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         args.seconds,
         &args.queues,
         &offloads,
+        args.repeat,
         &mut stdout,
     )) {
         Ok(()) => ExitCode::SUCCESS,
