@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use xen_ring::SharedMemory;
 
@@ -137,7 +136,8 @@ pub struct ClientCounters {
     pub commands: AtomicU64,
     /// Pixels written.
     pub pixels: AtomicU64,
-    /// Time spent executing this vGPU's commands, in nanoseconds.
+    /// The renderer's CPU time spent executing this vGPU's commands, in nanoseconds (thread
+    /// CPU time, so time the renderer was preempted does not count).
     pub busy_ns: AtomicU64,
     /// Commands refused because a rectangle did not fit its surface.
     pub rejected: AtomicU64,
@@ -312,6 +312,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// CPU time of the calling thread in nanoseconds (0 if the clock cannot be read).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass, which lives across the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// The scheduler loop: deficit round robin over backlogged queues.
 fn run(inner: &Inner) {
     let mut next = 0usize;
@@ -333,7 +348,7 @@ fn run(inner: &Inner) {
             }
         };
         let (op, framebuffer, counters) = picked;
-        let started = Instant::now();
+        let started = thread_cpu_ns();
         // A fence completes after the counters include everything before it.
         let (pixels, completion) = match op {
             Op::Fence { done } => (0, Some(done)),
@@ -341,7 +356,7 @@ fn run(inner: &Inner) {
         };
         counters
             .busy_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(thread_cpu_ns().saturating_sub(started), Ordering::Relaxed);
         counters.commands.fetch_add(1, Ordering::Relaxed);
         counters.pixels.fetch_add(pixels, Ordering::Relaxed);
         if let Some(done) = completion {
