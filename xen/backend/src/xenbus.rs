@@ -316,22 +316,13 @@ pub async fn run_device<D: DeviceDriver>(
     remove_offline_directory(&dev).await;
 }
 
-/// The domain a backend directory `/local/domain/<domid>/backend/...` belongs to.
-fn backend_domain(be: &str) -> Option<DomId> {
-    be.strip_prefix("/local/domain/")?
-        .split('/')
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Removes the backend directory of a device the toolstack took offline, when we run in a
 /// driver domain. There `xl devd` would remove it after running the hotplug scripts, and libxl
 /// in dom0 waits for that before it removes the frontend's directory (until then the guest
 /// keeps the device); our backends do devd's part for their own devices, as they already write
 /// `hotplug-status`. In dom0, libxl removes the directory itself.
 async fn remove_offline_directory(dev: &XenbusDevice) {
-    if backend_domain(&dev.be).is_none_or(|d| d == 0) {
+    if path::parse_backend_path(&dev.be).is_none_or(|(backend, ..)| backend == 0) {
         return;
     }
     let offline = matches!(dev.backend_key("online").await, Ok(v) if v.as_deref() != Some("1"));
