@@ -2,9 +2,10 @@
 //! TAP queue, and moves packets both ways by grant copy.
 //!
 //! The loop: wait (epoll) for an event, a frame on the TAP queue, a frame steered here by
-//! another queue, a timer or a stop request; run the TX side (guest to host, `tx.rs`)
-//! within a per-pass budget; read frames from the TAP device into a bounded queue and deliver
-//! what the guest has buffers for (`rx.rs`); only then unmask the fired ports, so an
+//! another queue, a timer or a stop request; read frames from the TAP device into a bounded
+//! queue (`rx.rs`); run the TX side (guest to host, `tx.rs`) within a per-pass budget, its
+//! first grant-copy call also filling the guest's buffers for the first RX batch; deliver
+//! the rest the guest has buffers for; only then unmask the fired ports, so an
 //! event storm costs at most one pass per wake-up. A malicious ring (bogus producer index,
 //! fatal TX chain) disables this vif: the queue stops and reports failure to the control plane.
 
@@ -339,9 +340,20 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             }
             let now = Instant::now();
             self.refresh_rate(now);
-            let tx_more = self.tx_pass(now)?;
             self.rx_read_tap(now);
             self.rx_take_inbox(now);
+            // The pass's first RX batch is copied in the same hypervisor call as its first TX
+            // batch: a TCP stream's data one way and its ACKs the other cost one call.
+            let rx_first = self.rx_collect(now)?;
+            let mut rx_status = None;
+            let tx_more = self.tx_pass(now, rx_first.as_ref(), &mut rx_status)?;
+            if let Some(batch) = rx_first {
+                let status = match rx_status {
+                    Some(status) => status,
+                    None => self.rx_copy(&batch),
+                };
+                self.rx_finish(batch, status)?;
+            }
             self.rx_deliver(Instant::now())?;
             self.pause_tap_if_full(epoll);
             for port in fired {

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use xen_abi::grant_table::status::OKAY;
 use xen_abi::netif::{NetifRxRequest, NETIF_RSP_ERROR, NETRXF_CSUM_BLANK, NETRXF_DATA_VALIDATED};
+use xen_abi::DomId;
 use xen_evtchn::EventChannel;
 use xen_grant::{CopyOp, GrantMapper, GrantPtr};
 use xen_netif::csum::{complete_partial, locate_l4, Partial, IPPROTO_UDP, L3};
@@ -30,6 +31,30 @@ const RX_BATCH: usize = 64;
 const LARGE_FRAME: usize = 16 << 10;
 /// Read buffers a queue keeps for reuse.
 const RX_SPARE_BUFFERS: usize = 8;
+
+/// Frames taken for delivery, each with the slots it fills and the guest's requests for them.
+pub(crate) type RxBatch = Vec<(RxFrame, Vec<RxSlot>, Vec<NetifRxRequest>)>;
+
+/// The grant copies that fill a batch's buffers: one per data slot, in batch order.
+pub(crate) fn rx_copy_ops(frontend: DomId, batch: &RxBatch) -> Vec<CopyOp<'_>> {
+    let mut ops = Vec::new();
+    for (frame, slots, requests) in batch {
+        let data = frame.buf.get(VNET_HDR_LEN..).unwrap_or_default();
+        for (slot, req) in slots.iter().zip(requests) {
+            if let RxSlot::Data { from, len, .. } = *slot {
+                ops.push(CopyOp::ToGrant {
+                    src: data.get(from..from + len).unwrap_or_default(),
+                    dst: GrantPtr {
+                        domid: frontend,
+                        gref: req.gref,
+                        offset: 0,
+                    },
+                });
+            }
+        }
+    }
+    ops
+}
 
 fn header(buf: &[u8]) -> VirtioNetHdr {
     VirtioNetHdr::read_from_prefix(buf)
@@ -274,12 +299,22 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
 
     /// Delivers waiting frames the guest has buffers for.
     pub(crate) fn rx_deliver(&mut self, now: Instant) -> Result<(), Fatal> {
+        while let Some(batch) = self.rx_collect(now)? {
+            let status = self.rx_copy(&batch);
+            self.rx_finish(batch, status)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the next batch of waiting frames the guest has posted buffers for (after dropping
+    /// expired frames and checking for a stall); `None` when there is none.
+    pub(crate) fn rx_collect(&mut self, now: Instant) -> Result<Option<RxBatch>, Fatal> {
         if self.stalled {
             if self.rx.unconsumed_requests()? > 0 {
                 self.rx_unstall();
                 self.last_rx_progress = now;
             } else {
-                return Ok(());
+                return Ok(None);
             }
         }
         while self.rx_queue.front().is_some_and(|f| {
@@ -288,90 +323,79 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             self.rx_discard();
             bump(&self.stats.rx_drop_expired);
         }
-        loop {
-            let mut batch: Vec<(RxFrame, Vec<RxSlot>, Vec<NetifRxRequest>)> = Vec::new();
-            while batch.len() < RX_BATCH {
-                let Some(frame) = self.rx_queue.front() else {
-                    break;
-                };
-                let len = frame.buf.len().saturating_sub(VNET_HDR_LEN);
-                let meta = self.rx_meta(frame);
-                let needed = meta.map(|m| slots_needed(len, &m));
-                let data_slots = len.div_ceil(xen_abi::PAGE_SIZE);
-                let (Some(meta), Some(needed)) = (meta, needed) else {
-                    self.rx_discard();
-                    bump(&self.stats.rx_drop_unfit);
-                    continue;
-                };
-                if needed as u32 > self.rx.size() || (data_slots > 1 && !self.spec.front.sg) {
-                    self.rx_discard();
-                    bump(&self.stats.rx_drop_unfit);
-                    continue;
-                }
-                if !self.rx.requests_available_or_arm(needed as u32)? {
-                    break;
-                }
-                self.rx.begin_pass(needed as u32)?;
-                let requests: Vec<NetifRxRequest> =
-                    std::iter::from_fn(|| self.rx.pop_request()).collect();
-                let Some(frame) = self.rx_pop() else {
-                    break;
-                };
-                let slots = layout(len, &meta);
-                batch.push((frame, slots, requests));
+        let mut batch: RxBatch = Vec::new();
+        while batch.len() < RX_BATCH {
+            let Some(frame) = self.rx_queue.front() else {
+                break;
+            };
+            let len = frame.buf.len().saturating_sub(VNET_HDR_LEN);
+            let meta = self.rx_meta(frame);
+            let needed = meta.map(|m| slots_needed(len, &m));
+            let data_slots = len.div_ceil(xen_abi::PAGE_SIZE);
+            let (Some(meta), Some(needed)) = (meta, needed) else {
+                self.rx_discard();
+                bump(&self.stats.rx_drop_unfit);
+                continue;
+            };
+            if needed as u32 > self.rx.size() || (data_slots > 1 && !self.spec.front.sg) {
+                self.rx_discard();
+                bump(&self.stats.rx_drop_unfit);
+                continue;
             }
-            set(
-                &self.stats.rx_ring_posted,
-                u64::from(self.rx.unconsumed_requests()?),
-            );
-            if batch.is_empty() {
-                // Stalled means no buffers at all (Linux `xenvif_rx_queue_stalled`): a guest
-                // that posts fewer slots than the head frame needs is only waiting, and that
-                // frame expires after the drain timeout.
-                if self.rx.unconsumed_requests()? == 0 {
-                    self.rx_stall_check(now);
-                }
-                return Ok(());
+            if !self.rx.requests_available_or_arm(needed as u32)? {
+                break;
             }
-            self.last_rx_progress = now;
-            if self.rx_copy_and_answer(&batch)? {
-                self.notify(self.local_rx);
-            }
-            for (frame, _, _) in batch {
-                self.recycle(frame.buf);
-            }
+            self.rx.begin_pass(needed as u32)?;
+            let requests: Vec<NetifRxRequest> =
+                std::iter::from_fn(|| self.rx.pop_request()).collect();
+            let Some(frame) = self.rx_pop() else {
+                break;
+            };
+            let slots = layout(len, &meta);
+            batch.push((frame, slots, requests));
         }
+        set(
+            &self.stats.rx_ring_posted,
+            u64::from(self.rx.unconsumed_requests()?),
+        );
+        if batch.is_empty() {
+            // Stalled means no buffers at all (Linux `xenvif_rx_queue_stalled`): a guest
+            // that posts fewer slots than the head frame needs is only waiting, and that
+            // frame expires after the drain timeout.
+            if self.rx.unconsumed_requests()? == 0 {
+                self.rx_stall_check(now);
+            }
+            return Ok(None);
+        }
+        self.last_rx_progress = now;
+        Ok(Some(batch))
     }
 
-    /// Copies a batch into the guest's buffers and answers every slot in ring order, each
-    /// response published at once (as on the TX side, for restarts). True if the frontend
-    /// wants an event.
-    fn rx_copy_and_answer(
-        &mut self,
-        batch: &[(RxFrame, Vec<RxSlot>, Vec<NetifRxRequest>)],
-    ) -> Result<bool, Fatal> {
-        let frontend = self.spec.frontend;
-        let mut ops = Vec::new();
-        for (frame, slots, requests) in batch {
-            let data = frame.buf.get(VNET_HDR_LEN..).unwrap_or_default();
-            for (slot, req) in slots.iter().zip(requests) {
-                if let RxSlot::Data { from, len, .. } = *slot {
-                    ops.push(CopyOp::ToGrant {
-                        src: data.get(from..from + len).unwrap_or_default(),
-                        dst: GrantPtr {
-                            domid: frontend,
-                            gref: req.gref,
-                            offset: 0,
-                        },
-                    });
-                }
-            }
-        }
+    /// Copies a batch into the guest's buffers on its own: one status per data slot.
+    pub(crate) fn rx_copy(&self, batch: &RxBatch) -> Vec<i16> {
+        let mut ops = rx_copy_ops(self.spec.frontend, batch);
         let mut status = vec![OKAY; ops.len()];
         if self.grants.copy(&mut ops, &mut status).is_err() {
             status.iter_mut().for_each(|s| *s = -1);
         }
-        drop(ops);
+        status
+    }
+
+    /// Answers a copied batch (`status`: one per data slot, in batch order), notifies the
+    /// guest if it asked, and keeps the frames' buffers for reuse.
+    pub(crate) fn rx_finish(&mut self, batch: RxBatch, status: Vec<i16>) -> Result<(), Fatal> {
+        if self.rx_answer(&batch, status)? {
+            self.notify(self.local_rx);
+        }
+        for (frame, _, _) in batch {
+            self.recycle(frame.buf);
+        }
+        Ok(())
+    }
+
+    /// Answers every slot of a copied batch in ring order, each response published at once
+    /// (as on the TX side, for restarts). True if the frontend wants an event.
+    fn rx_answer(&mut self, batch: &RxBatch, status: Vec<i16>) -> Result<bool, Fatal> {
         let mut statuses = status.into_iter();
         let mut notify = false;
         for (frame, slots, requests) in batch {

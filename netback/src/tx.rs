@@ -16,6 +16,7 @@ use xen_netif::vnet::{virtio_gso_type, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM,
 use zerocopy::IntoBytes;
 
 use crate::queue::{Fatal, Worker};
+use crate::rx::{rx_copy_ops, RxBatch};
 use crate::stats::{add, bump, set};
 
 /// Packets taken in one batch (one grant-copy call).
@@ -54,7 +55,16 @@ fn virtio_header(pkt: &TxPacket, frame: &mut [u8]) -> Option<VirtioNetHdr> {
 
 impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
     /// Runs TX passes until the ring is idle or the budget is spent; true if work remains.
-    pub(crate) fn tx_pass(&mut self, now: Instant) -> Result<bool, Fatal> {
+    ///
+    /// `rx` is an RX batch whose grant copies ride along with the first TX batch's (one
+    /// hypervisor call for both directions); its statuses, if they were copied, are put in
+    /// `rx_status`.
+    pub(crate) fn tx_pass(
+        &mut self,
+        now: Instant,
+        mut rx: Option<&RxBatch>,
+        rx_status: &mut Option<Vec<i16>>,
+    ) -> Result<bool, Fatal> {
         if self.throttled_until.is_some_and(|t| now < t) {
             return Ok(false);
         }
@@ -97,7 +107,11 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 }
             }
             let n = batch.len();
-            if self.tx_send(batch)? {
+            let (notify, copied) = self.tx_send(batch, rx.take())?;
+            if copied.is_some() {
+                *rx_status = copied;
+            }
+            if notify {
                 self.notify(self.local_tx);
             }
             done += n;
@@ -129,10 +143,15 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
     /// Answers a batch in ring order (so that the published `rsp_prod` always marks a prefix
     /// of the requests taken, which a restarted backend resumes after): copies its packets out
     /// of the guest and transmits them, applies its multicast requests, refuses its malformed
-    /// packets. True if the frontend wants an event.
-    fn tx_send(&mut self, batch: Vec<TxItem>) -> Result<bool, Fatal> {
+    /// packets. True if the frontend wants an event; with the statuses of `rx`'s copies,
+    /// which go in the same call.
+    fn tx_send(
+        &mut self,
+        batch: Vec<TxItem>,
+        rx: Option<&RxBatch>,
+    ) -> Result<(bool, Option<Vec<i16>>), Fatal> {
         if batch.is_empty() {
-            return Ok(false);
+            return Ok((false, None));
         }
         let frontend = self.spec.frontend;
         let packets: Vec<&TxPacket> = batch
@@ -153,6 +172,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             .collect();
         let mut owner = Vec::new();
         let mut ok = vec![true; packets.len()];
+        let rx_status;
         {
             let mut ops = Vec::new();
             for (i, (pkt, buf)) in packets.iter().zip(bufs.iter_mut()).enumerate() {
@@ -178,10 +198,15 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                     rest = tail;
                 }
             }
+            let tx_ops = ops.len();
+            if let Some(rx) = rx {
+                ops.extend(rx_copy_ops(frontend, rx));
+            }
             let mut status = vec![OKAY; ops.len()];
             if self.grants.copy(&mut ops, &mut status).is_err() {
                 status.iter_mut().for_each(|s| *s = -1);
             }
+            rx_status = rx.map(|_| status.split_off(tx_ops));
             for (s, &i) in status.iter().zip(&owner) {
                 if *s != OKAY {
                     if let Some(o) = ok.get_mut(i) {
@@ -247,7 +272,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         }
         let room = TX_SPARE_BUFFERS.saturating_sub(self.tx_spare.len());
         self.tx_spare.extend(bufs.into_iter().take(room));
-        Ok(notify)
+        Ok((notify, rx_status))
     }
 }
 

@@ -123,6 +123,26 @@ impl<M: SharedMemory, Req: RingEntry, Rsp: RingEntry> FrontRing<M, Req, Rsp> {
         Ok(Some(rsp))
     }
 
+    /// A final check that asks for an event only once `batch` more responses are published
+    /// (at least one), as Linux netfront once did for its TX ring (`rsp_event` half-way to the
+    /// requests outstanding): completions that free buffers need not wake the frontend one by
+    /// one. True if `batch` responses are already waiting.
+    pub fn final_check_for_responses_batched(&mut self, batch: u32) -> Result<bool, RingError> {
+        let batch = batch.max(1);
+        if self.unconsumed_responses()? >= batch {
+            return Ok(true);
+        }
+        self.shared.store(
+            RSP_EVENT,
+            self.rsp_cons.wrapping_add(batch),
+            Ordering::Relaxed,
+        );
+        // Full barrier: the `rsp_event` store is ordered before re-reading `rsp_prod`, so a
+        // backend that published past it meanwhile is either seen here or saw our event.
+        fence(Ordering::SeqCst);
+        Ok(self.unconsumed_responses()? >= batch)
+    }
+
     /// `RING_FINAL_CHECK_FOR_RESPONSES`: re-arms `rsp_event` and re-checks.
     pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
         if self.unconsumed_responses()? > 0 {

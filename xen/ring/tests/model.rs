@@ -256,3 +256,37 @@ fn waiting_for_several_requests_arms_the_next_push() {
     );
     assert!(back.requests_available_or_arm(3).unwrap());
 }
+
+/// A frontend that asks for an event only after `n` responses is not notified before the
+/// `n`-th is published, is notified by the push that reaches it, and sees at once a batch
+/// that was already complete when it asked.
+#[test]
+fn batched_final_check_notifies_at_the_batch() {
+    let mem = HeapPages::new(1);
+    let mut front: Front = FrontRing::init(view(&mem)).unwrap();
+    let mut back: Back = BackRing::new(view(&mem)).unwrap();
+    for _ in 0..8 {
+        front.push_request(&BlkifRequest::default()).unwrap();
+    }
+    front.push_requests_and_check_notify();
+    assert_eq!(back.begin_pass(8).unwrap(), 8);
+    while back.pop_request().is_some() {}
+    assert!(!front.final_check_for_responses_batched(4).unwrap());
+    for i in 1..=4 {
+        back.push_response(&BlkifResponse::default()).unwrap();
+        let notify = back.push_responses_and_check_notify();
+        assert_eq!(
+            notify,
+            i == 4,
+            "notified only by the fourth response (at {i})"
+        );
+    }
+    assert!(front.final_check_for_responses_batched(4).unwrap());
+    for _ in 0..4 {
+        assert!(front.pop_response().unwrap().is_some());
+    }
+    // A batch of zero means one.
+    assert!(!front.final_check_for_responses_batched(0).unwrap());
+    back.push_response(&BlkifResponse::default()).unwrap();
+    assert!(back.push_responses_and_check_notify());
+}

@@ -184,7 +184,29 @@ async fn a_mapped_grant_is_busy_for_the_granter() {
         "ending access is deferred while mapped"
     );
     assert_eq!(hv.grant_in_use(w.a.domid(), gref), Some(true));
+    // A second map and a copy through the same grant leave it busy until the last unmap.
+    let second = gb.map(w.a.domid(), &[gref], false).unwrap();
+    let mut byte = [0u8; 1];
+    let mut ops = [CopyOp::FromGrant {
+        src: GrantPtr {
+            domid: w.a.domid(),
+            gref,
+            offset: 0,
+        },
+        dst: &mut byte,
+    }];
+    let mut st = [0i16];
+    gb.copy(&mut ops, &mut st).unwrap();
+    assert_eq!(st[0], status::OKAY);
     drop(map);
+    assert_eq!(hv.grant_in_use(w.a.domid(), gref), Some(true));
+    let entry = w.a.memory().unwrap().grant_entry(gref).unwrap();
+    assert_eq!(
+        entry.flags & xen_abi::grant_table::GTF_WRITING,
+        0,
+        "GTF_writing cleared with the last writable map"
+    );
+    drop(second);
     assert_eq!(hv.grant_in_use(w.a.domid(), gref), Some(false));
     let entry = w.a.memory().unwrap().grant_entry(gref).unwrap();
     assert_eq!(

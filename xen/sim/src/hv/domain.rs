@@ -62,6 +62,33 @@ pub(crate) struct Pin {
     pub(crate) writers: u32,
 }
 
+/// Pin counts by grant reference: a flat table (references are below `GNTTAB_ENTRIES`),
+/// allocated at the first pin, so that the copy path pins and unpins without hashing.
+#[derive(Debug, Default)]
+pub(crate) struct PinTable {
+    counts: Vec<Pin>,
+}
+
+impl PinTable {
+    /// The counts of `gref`, created at zero if need be; `None` beyond the table.
+    pub(crate) fn entry(&mut self, gref: GrantRef) -> Option<&mut Pin> {
+        if gref >= GNTTAB_ENTRIES {
+            return None;
+        }
+        if self.counts.is_empty() {
+            self.counts = vec![Pin::default(); GNTTAB_ENTRIES as usize];
+        }
+        self.counts.get_mut(gref as usize)
+    }
+
+    /// The counts of `gref` if it is pinned.
+    pub(crate) fn pinned(&mut self, gref: GrantRef) -> Option<&mut Pin> {
+        self.counts
+            .get_mut(gref as usize)
+            .filter(|p| p.readers > 0 || p.writers > 0)
+    }
+}
+
 pub(crate) struct Domain {
     pub(crate) name: String,
     pub(crate) token: String,
@@ -72,7 +99,7 @@ pub(crate) struct Domain {
     pub(crate) free_refs: Vec<GrantRef>,
     /// Grants made through `GrantPages`: ref → frame.
     pub(crate) granted: HashMap<GrantRef, u32>,
-    pub(crate) pins: HashMap<GrantRef, Pin>,
+    pub(crate) pins: PinTable,
     pub(crate) deferred_end: HashSet<GrantRef>,
     pub(crate) ports: BTreeMap<Port, PortState>,
     pub(crate) primary: Option<(ConnId, Option<i32>)>,
@@ -109,7 +136,7 @@ impl Domain {
             free_pages: std::collections::BTreeSet::new(),
             free_refs: Vec::new(),
             granted: HashMap::new(),
-            pins: HashMap::new(),
+            pins: PinTable::default(),
             deferred_end: HashSet::new(),
             ports: BTreeMap::new(),
             primary: None,
@@ -135,7 +162,7 @@ impl Domain {
             free_pages: (0..config.mem_pages).collect(),
             free_refs: (GNTTAB_RESERVED..GNTTAB_ENTRIES).rev().collect(),
             granted: HashMap::new(),
-            pins: HashMap::new(),
+            pins: PinTable::default(),
             deferred_end: HashSet::new(),
             ports: BTreeMap::new(),
             primary: None,

@@ -54,7 +54,7 @@ impl State {
             .grant_frame(gref)
             .map(|f| f.load(Ordering::Acquire))
             .ok_or(status::BAD_GNTREF)?;
-        let pin = dom.pins.entry(gref).or_default();
+        let pin = dom.pins.entry(gref).ok_or(status::BAD_GNTREF)?;
         pin.readers += 1;
         if writable {
             pin.writers += 1;
@@ -72,7 +72,7 @@ impl State {
         let Some(dom) = self.domains.get_mut(&granter) else {
             return;
         };
-        let Some(pin) = dom.pins.get_mut(&gref) else {
+        let Some(pin) = dom.pins.pinned(gref) else {
             return;
         };
         pin.readers = pin.readers.saturating_sub(1);
@@ -85,7 +85,6 @@ impl State {
         }
         if pin.readers == 0 {
             clear |= GTF_READING;
-            dom.pins.remove(&gref);
         }
         if let Some(word) = dom.grant_word(gref) {
             word.fetch_and(!u32::from(clear), Ordering::AcqRel);
