@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use xen_backend::Platform;
 use xen_sim::toolstack::{attach_device, DeviceSpec};
@@ -109,6 +109,77 @@ struct Measure {
     rate: f64,
     /// Busy CPU nanoseconds per packet.
     cpu_ns: f64,
+    /// The simulated hypervisor's grant copies during a netback run.
+    copies: Option<CopyDiag>,
+}
+
+/// Grant copies during a run: how many, how large, how long a caller waited for each and how
+/// much of that the hypervisor worked on it (the rest is scheduling: the call crosses threads).
+#[derive(Debug, Clone, Copy)]
+struct CopyDiag {
+    per_second: f64,
+    kib_per_call: f64,
+    round_trip_us: f64,
+    work_us: f64,
+}
+
+/// Grant-copy counters at one instant (this process's calls; the host's hypervisor's work).
+struct CopySnapshot {
+    calls: xen_sim::domain::CopyCallStats,
+    work: xen_sim::hv::CopyWorkStats,
+    at: Instant,
+}
+
+impl CopySnapshot {
+    fn take(host: &Host) -> Self {
+        Self {
+            calls: xen_sim::domain::copy_call_stats(),
+            work: host.hypervisor().copy_work(),
+            at: Instant::now(),
+        }
+    }
+
+    /// What happened since `self`; `None` without calls.
+    fn since(&self, host: &Host) -> Option<CopyDiag> {
+        let now = Self::take(host);
+        let calls = now.calls.calls.checked_sub(self.calls.calls)?;
+        let served = now.work.calls.checked_sub(self.work.calls)?;
+        if calls == 0 || served == 0 {
+            return None;
+        }
+        let secs = now.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let bytes = now.calls.bytes.saturating_sub(self.calls.bytes);
+        let waited = now.calls.waited.saturating_sub(self.calls.waited);
+        let busy = now.work.busy.saturating_sub(self.work.busy);
+        Some(CopyDiag {
+            per_second: calls as f64 / secs,
+            kib_per_call: bytes as f64 / 1024.0 / calls as f64,
+            round_trip_us: waited.as_secs_f64() * 1e6 / calls as f64,
+            work_us: busy.as_secs_f64() * 1e6 / served as f64,
+        })
+    }
+}
+
+/// Runs iperf3 through netback, noting the grant copies it caused.
+fn iperf_netback(pair: &NetbackPair, seconds: u32, queues: u32, udp: bool) -> Result<Measure> {
+    let (g0, g1) = match pair.guests.as_slice() {
+        [g0, g1] => (g0, g1),
+        _ => return Err("two guests expected".into()),
+    };
+    let before = CopySnapshot::take(&pair.host);
+    let mut m = iperf(g0, g1, "10.78.0.2", queues, seconds, udp)?;
+    m.copies = before.since(&pair.host);
+    Ok(m)
+}
+
+fn copy_line(m: &Measure) -> String {
+    match m.copies {
+        Some(c) => format!(
+            "{:<17}grant copies: {:.0}/s, {:.1} KiB each, round trip {:.0} us (hypervisor work {:.0} us)",
+            "", c.per_second, c.kib_per_call, c.round_trip_us, c.work_us
+        ),
+        None => format!("{:<17}grant copies: none", ""),
+    }
 }
 
 const TCP_SEGMENT: f64 = 1448.0;
@@ -195,6 +266,7 @@ fn iperf(
         Ok(Measure {
             rate: received / secs,
             cpu_ns: cpu * 1e9 / received,
+            copies: None,
         })
     } else {
         let bps = json_f64(&v, &["end", "sum_received", "bits_per_second"])?;
@@ -203,6 +275,7 @@ fn iperf(
         Ok(Measure {
             rate: bps,
             cpu_ns: cpu * 1e9 / segments,
+            copies: None,
         })
     }
 }
@@ -265,7 +338,7 @@ struct NetbackPair {
     guests: Vec<Ns>,
     _dd_ns: Ns,
     backend: tokio::task::JoinHandle<()>,
-    _host: Host,
+    host: Host,
 }
 
 impl Drop for NetbackPair {
@@ -370,7 +443,7 @@ async fn netback_pair(dir: &Path, queues: u32, offloads: bool) -> Result<Netback
         guests,
         _dd_ns: dd_ns,
         backend,
-        _host: host,
+        host,
     })
 }
 
@@ -401,18 +474,14 @@ pub async fn run(
             // Both set up once; veth and netback runs alternate, `repeat` times each.
             let (a, b) = veth_pair(queues, offloads)?;
             let pair = netback_pair(dir, queues, offloads).await?;
-            let (g0, g1) = match pair.guests.as_slice() {
-                [g0, g1] => (g0, g1),
-                _ => return Err("two guests expected".into()),
-            };
             let mut tcp = Vec::new();
             let mut udp = Vec::new();
             for _ in 0..repeat.max(1) {
                 let veth_tcp = iperf(&a, &b, "10.77.0.2", queues, seconds, false)?;
-                let ours_tcp = iperf(g0, g1, "10.78.0.2", queues, seconds, false)?;
+                let ours_tcp = iperf_netback(&pair, seconds, queues, false)?;
                 tcp.push((ours_tcp.rate / veth_tcp.rate, veth_tcp, ours_tcp));
                 let veth_udp = iperf(&a, &b, "10.77.0.2", queues, seconds, true)?;
-                let ours_udp = iperf(g0, g1, "10.78.0.2", queues, seconds, true)?;
+                let ours_udp = iperf_netback(&pair, seconds, queues, true)?;
                 udp.push((ours_udp.rate / veth_udp.rate, veth_udp, ours_udp));
             }
             drop(pair);
@@ -435,6 +504,7 @@ pub async fn run(
                 t.spread
             )
             .map_err(w)?;
+            writeln!(out, "{}", copy_line(&t.ours)).map_err(w)?;
             writeln!(
                 out,
                 "{:<9} {:>2} {:<8}  {:>7.0} p/s {:>9.0}  {:>7.0} p/s {:>9.0}  {:>6.2}{}",
@@ -449,6 +519,7 @@ pub async fn run(
                 u.spread
             )
             .map_err(w)?;
+            writeln!(out, "{}", copy_line(&u.ours)).map_err(w)?;
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapRaw;
 use xen_grant::{CopyOp, Error as GrantError};
@@ -15,6 +16,31 @@ use crate::hv::proto::{BufferedSegment, Reply, Request};
 pub(crate) const COPY_BUFFER_BYTES: usize = 8 << 20;
 /// Segments per hypercall.
 const MAX_SEGMENTS: usize = 4096;
+
+static COPY_CALLS: AtomicU64 = AtomicU64::new(0);
+static COPY_BYTES: AtomicU64 = AtomicU64::new(0);
+static COPY_WAITED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Grant-copy calls this process made, the bytes they moved and the time it waited for their
+/// answers, over all its connections (for benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyCallStats {
+    /// Hypervisor calls.
+    pub calls: u64,
+    /// Bytes copied by them.
+    pub bytes: u64,
+    /// Time from sending each request to its reply, summed.
+    pub waited: std::time::Duration,
+}
+
+/// This process's grant-copy calls so far.
+pub fn copy_call_stats() -> CopyCallStats {
+    CopyCallStats {
+        calls: COPY_CALLS.load(Ordering::Relaxed),
+        bytes: COPY_BYTES.load(Ordering::Relaxed),
+        waited: std::time::Duration::from_nanos(COPY_WAITED_NS.load(Ordering::Relaxed)),
+    }
+}
 
 /// A copy buffer registered on one hypervisor connection.
 pub(crate) struct ClientCopyBuffer {
@@ -115,9 +141,15 @@ impl ClientCopyBuffer {
             });
             at += usize::from(len);
         }
-        let (reply, _) = conn
-            .call(&Request::CopyGrantsBuffered { segments })
-            .map_err(|e| super::grant::os("copy", e))?;
+        let started = std::time::Instant::now();
+        let answer = conn.call(&Request::CopyGrantsBuffered { segments });
+        COPY_CALLS.fetch_add(1, Ordering::Relaxed);
+        COPY_BYTES.fetch_add(at as u64, Ordering::Relaxed);
+        COPY_WAITED_NS.fetch_add(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let (reply, _) = answer.map_err(|e| super::grant::os("copy", e))?;
         let Reply::CopiedBuffered { status: results } = reply else {
             return Err(super::grant::os(
                 "copy",

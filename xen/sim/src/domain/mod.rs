@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use xen_abi::DomId;
 
+pub use copybuf::{copy_call_stats, CopyCallStats};
 pub use evtchn::SimEvtchn;
 pub use grant::{SimGrantedPages, SimGrants, SimMapping};
 pub use hvm::{SimDeviceModel, SimPages, SimVcpu};
