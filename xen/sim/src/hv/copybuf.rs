@@ -14,8 +14,10 @@ use memmap2::MmapRaw;
 use xen_abi::grant_table::status;
 use xen_abi::{DomId, PAGE_SIZE};
 
+use std::sync::Arc;
+
 use super::proto::{BufferedSegment, Reply};
-use super::{error, State};
+use super::State;
 
 /// Largest copy buffer a client may register.
 pub const MAX_COPY_BUFFER: u64 = 64 << 20;
@@ -61,60 +63,112 @@ impl CopyBuffer {
     }
 }
 
+/// One segment's copy, checked and pinned under the hypervisor's lock and performed outside it.
+struct PlannedCopy {
+    from: *const u8,
+    to: *mut u8,
+    len: usize,
+    domid: DomId,
+    gref: xen_abi::GrantRef,
+    writing: bool,
+}
+
+/// A batch's copies, planned: statuses of the segments refused so far, the copies to do, and
+/// the memory mappings they use (kept alive until the copies are done).
+pub(crate) struct CopyPlan {
+    statuses: Vec<i16>,
+    copies: Vec<PlannedCopy>,
+    memories: Vec<(DomId, Arc<MmapRaw>)>,
+}
+
+impl CopyPlan {
+    /// Performs the planned copies (outside the hypervisor's lock: the grants stay pinned, so
+    /// the granter cannot end access meanwhile, and the mappings are held by the plan).
+    pub(crate) fn copy(&self) {
+        for c in &self.copies {
+            // SAFETY: `from` and `to` were computed under the lock: one lies within one page of
+            // the granting domain's memory (offset + len <= PAGE_SIZE, checked), whose mapping
+            // the plan keeps alive, the other within the connection's copy buffer (checked by
+            // `range`), which the caller keeps alive; the two mappings are distinct. Both may be
+            // written concurrently by their owners, which can only yield arbitrary bytes (u8
+            // has no invalid values).
+            unsafe { std::ptr::copy(c.from, c.to, c.len) };
+        }
+    }
+}
+
 impl State {
-    /// Grant copy between granted pages and the connection's copy buffer.
-    pub(crate) fn copy_grants_buffered(
+    /// Checks and pins a batch of copies between granted pages and the connection's copy
+    /// buffer, to be done with [`CopyPlan::copy`] and released with [`State::release_copies`].
+    pub(crate) fn plan_buffered_copies(
         &mut self,
         grantee: DomId,
         segments: &[BufferedSegment],
-        buffer: Option<&CopyBuffer>,
-    ) -> Reply {
-        let Some(buffer) = buffer else {
-            return error(libc::EINVAL, "no copy buffer registered on this connection");
+        buffer: &CopyBuffer,
+    ) -> CopyPlan {
+        let mut plan = CopyPlan {
+            statuses: vec![status::OKAY; segments.len()],
+            copies: Vec::with_capacity(segments.len()),
+            memories: Vec::new(),
         };
-        if segments.len() > 4096 {
-            return error(libc::EINVAL, "at most 4096 copy segments per batch");
+        for (seg, slot) in segments.iter().zip(plan.statuses.iter_mut()) {
+            match self.plan_one(grantee, seg, buffer, &mut plan.memories) {
+                Ok(copy) => plan.copies.push(copy),
+                Err(refused) => *slot = refused,
+            }
         }
-        let mut statuses = Vec::with_capacity(segments.len());
-        for seg in segments {
-            let len = usize::from(seg.len);
-            let writing = seg.to_grant;
-            let Some(local) = buffer.range(seg.at, len) else {
-                statuses.push(status::BAD_COPY_ARG);
-                continue;
-            };
-            if usize::from(seg.offset) + len > PAGE_SIZE {
-                statuses.push(status::BAD_COPY_ARG);
-                continue;
-            }
-            let frame = match self.pin(seg.domid, seg.gref, grantee, writing) {
-                Ok(f) => f,
-                Err(st) => {
-                    statuses.push(st);
-                    continue;
-                }
-            };
-            match self.domains.get(&seg.domid).and_then(|d| d.page(frame)) {
-                Some(page) => {
-                    let remote = page.wrapping_add(usize::from(seg.offset));
-                    let (from, to) = if writing {
-                        (local.cast_const(), remote)
-                    } else {
-                        (remote.cast_const(), local)
-                    };
-                    // SAFETY: `remote` lies within one page of the granting domain's memory
-                    // (offset + len <= PAGE_SIZE, checked) and `local` within the mapped copy
-                    // buffer (checked by `range`); the two mappings are distinct. Both sides
-                    // may be written concurrently by their owners, which can only yield
-                    // arbitrary bytes (u8 has no invalid values).
-                    unsafe { std::ptr::copy(from, to, len) };
-                    statuses.push(status::OKAY);
-                }
-                None => statuses.push(status::BAD_PAGE),
-            }
+        plan
+    }
+
+    fn plan_one(
+        &mut self,
+        grantee: DomId,
+        seg: &BufferedSegment,
+        buffer: &CopyBuffer,
+        memories: &mut Vec<(DomId, Arc<MmapRaw>)>,
+    ) -> Result<PlannedCopy, i16> {
+        let len = usize::from(seg.len);
+        let writing = seg.to_grant;
+        let local = buffer.range(seg.at, len).ok_or(status::BAD_COPY_ARG)?;
+        if usize::from(seg.offset) + len > PAGE_SIZE {
+            return Err(status::BAD_COPY_ARG);
+        }
+        let frame = self.pin(seg.domid, seg.gref, grantee, writing)?;
+        let dom = self.domains.get(&seg.domid);
+        let (Some(page), Some(map)) = (
+            dom.and_then(|d| d.page(frame)),
+            dom.and_then(|d| d.memory_map()),
+        ) else {
             self.unpin(seg.domid, seg.gref, writing);
+            return Err(status::BAD_PAGE);
+        };
+        if !memories.iter().any(|(d, _)| *d == seg.domid) {
+            memories.push((seg.domid, map));
         }
-        Reply::CopiedBuffered { status: statuses }
+        let remote = page.wrapping_add(usize::from(seg.offset));
+        let (from, to) = if writing {
+            (local.cast_const(), remote)
+        } else {
+            (remote.cast_const(), local)
+        };
+        Ok(PlannedCopy {
+            from,
+            to,
+            len,
+            domid: seg.domid,
+            gref: seg.gref,
+            writing,
+        })
+    }
+
+    /// Unpins a plan's grants once its copies are done; the batch's statuses.
+    pub(crate) fn release_copies(&mut self, plan: CopyPlan) -> Reply {
+        for c in &plan.copies {
+            self.unpin(c.domid, c.gref, c.writing);
+        }
+        Reply::CopiedBuffered {
+            status: plan.statuses,
+        }
     }
 }
 

@@ -93,7 +93,9 @@ pub(crate) struct Domain {
     pub(crate) name: String,
     pub(crate) token: String,
     pub(crate) mem_pages: u32,
-    pub(crate) memory: Option<(File, MmapRaw)>,
+    /// The memfd and its mapping (shared, so that a copy in progress outside the hypervisor's
+    /// lock keeps the pages mapped even if the memory is grown and remapped meanwhile).
+    pub(crate) memory: Option<(File, Arc<MmapRaw>)>,
     pub(crate) gnttab: Option<(File, MmapRaw)>,
     pub(crate) free_pages: std::collections::BTreeSet<u32>,
     pub(crate) free_refs: Vec<GrantRef>,
@@ -157,7 +159,7 @@ impl Domain {
             name: config.name.clone(),
             token: random_token(),
             mem_pages: config.mem_pages,
-            memory: Some(memory),
+            memory: Some((memory.0, Arc::new(memory.1))),
             gnttab: Some(gnttab),
             free_pages: (0..config.mem_pages).collect(),
             free_refs: (GNTTAB_RESERVED..GNTTAB_ENTRIES).rev().collect(),
@@ -186,13 +188,13 @@ impl Domain {
             .and_then(|()| MmapRaw::map_raw(&file));
         match grown {
             Ok(map) => {
-                self.memory = Some((file, map));
+                self.memory = Some((file, Arc::new(map)));
                 self.mem_pages = total;
                 Ok(())
             }
             Err(e) => {
                 let map = MmapRaw::map_raw(&file)?;
-                self.memory = Some((file, map));
+                self.memory = Some((file, Arc::new(map)));
                 Err(e)
             }
         }
@@ -241,6 +243,11 @@ impl Domain {
         Some(unsafe {
             AtomicU32::from_ptr(map.as_mut_ptr().add(gref as usize * 8 + 4).cast::<u32>())
         })
+    }
+
+    /// The mapping of the domain's memory, to keep it alive across a copy.
+    pub(crate) fn memory_map(&self) -> Option<Arc<MmapRaw>> {
+        self.memory.as_ref().map(|(_, map)| Arc::clone(map))
     }
 
     /// Pointer to page `frame` of the domain's memory, if in range.

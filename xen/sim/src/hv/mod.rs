@@ -328,14 +328,25 @@ impl Hypervisor {
         segments: &[proto::BufferedSegment],
         buffer: Option<&copybuf::CopyBuffer>,
     ) -> Reply {
+        let Some(buffer) = buffer else {
+            return error(libc::EINVAL, "no copy buffer registered on this connection");
+        };
+        if segments.len() > 4096 {
+            return error(libc::EINVAL, "at most 4096 copy segments per batch");
+        }
         let started = std::time::Instant::now();
-        let reply = {
+        // Checked and pinned under the lock, copied outside it (the pins keep the granter
+        // from ending access meanwhile), unpinned under it again: other connections' calls
+        // are not held up by this one's bytes.
+        let plan = {
             let mut state = self.lock();
             match state.conns.get(&conn).map(|c| c.domid) {
-                Some(domid) => state.copy_grants_buffered(domid, segments, buffer),
-                None => error(libc::ENOTCONN, "connection is closed"),
+                Some(domid) => state.plan_buffered_copies(domid, segments, buffer),
+                None => return error(libc::ENOTCONN, "connection is closed"),
             }
         };
+        plan.copy();
+        let reply = self.lock().release_copies(plan);
         let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.copy_work
             .calls
