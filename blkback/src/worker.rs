@@ -32,6 +32,12 @@ use crate::storage::{Completion, Disk, Op, Queue};
 /// requests map their pages in one batch, which the benchmark shows faster for them.
 pub const GRANT_COPY_MAX_SEGMENTS: usize = xen_abi::blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
 
+/// Requests handed to the storage queue per submission while a pass parses the ring. A pass
+/// that submitted only at its end left the disk idle while it parsed and mapped the rest (a
+/// frontend that refills 32 slots at once waits for a whole pass): on the simulated host's
+/// benchmark, 4 KiB reads at queue depth 32 went from 0.70 to about 0.84 of fio.
+const SUBMIT_EVERY: usize = 4;
+
 /// What the control plane negotiated for one queue.
 #[derive(Debug, Clone)]
 pub struct RingSpec {
@@ -353,6 +359,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             if let Err(e) = self.ring.begin_pass(room) {
                 return self.halt(e);
             }
+            let mut started = 0usize;
             loop {
                 let seq = self.ring.req_cons();
                 let Some(slot) = self.ring.pop() else { break };
@@ -372,7 +379,15 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                         self.deferred = true;
                         return;
                     }
-                    Ok(req) => self.start(req, seq),
+                    Ok(req) => {
+                        self.start(req, seq);
+                        started += 1;
+                        if started % SUBMIT_EVERY == 0 {
+                            if let Err(e) = self.queue.submit() {
+                                tracing::error!("blkback queue: submit failed: {e}");
+                            }
+                        }
+                    }
                 }
                 if self.barrier_active {
                     self.deferred = true;
