@@ -263,6 +263,10 @@ async fn grant_copy_reports_status_per_segment() {
         dst: &mut into,
     }];
     let mut st = vec![0i16; 1];
+    let (calls, work) = (
+        xen_sim::domain::copy_call_stats(),
+        w.host.hypervisor().copy_work(),
+    );
     gb.copy(&mut ops, &mut st).unwrap();
     assert_eq!((st[0], &into), (status::OKAY, b"hello"));
     assert_eq!(
@@ -270,6 +274,14 @@ async fn grant_copy_reports_status_per_segment() {
         Some(false),
         "copies leave no pin"
     );
+    // The counters the benchmarks read (process-wide: other tests may add to them meanwhile).
+    let (calls_after, work_after) = (
+        xen_sim::domain::copy_call_stats(),
+        w.host.hypervisor().copy_work(),
+    );
+    assert!(calls_after.calls > calls.calls && calls_after.bytes >= calls.bytes + 5);
+    assert!(calls_after.waited > calls.waited);
+    assert!(work_after.calls > work.calls && work_after.busy > work.busy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
