@@ -306,17 +306,15 @@ impl<A: GrantAllocator, E: EventChannel> Blkfront<A, E> {
             // Linux blkfront does), else granted read-only for this request.
             let count = nr.div_ceil(SEGS_PER_INDIRECT_FRAME);
             indirect_pages = self.data_pages(count, false)?;
-            let raw: Vec<u8> = segs
-                .chunks(SEGS_PER_INDIRECT_FRAME)
-                .flat_map(|chunk| {
-                    let mut page: Vec<u8> = chunk
-                        .iter()
-                        .flat_map(|s| zerocopy::IntoBytes::as_bytes(s).to_vec())
-                        .collect();
-                    page.resize(PAGE_SIZE, 0);
-                    page
-                })
-                .collect();
+            // Each descriptor page holds its segments' descriptors, zero-padded to the page.
+            let mut raw = Vec::with_capacity(count * PAGE_SIZE);
+            for chunk in segs.chunks(SEGS_PER_INDIRECT_FRAME) {
+                let start = raw.len();
+                for s in chunk {
+                    raw.extend_from_slice(zerocopy::IntoBytes::as_bytes(s));
+                }
+                raw.resize(start + PAGE_SIZE, 0);
+            }
             indirect_pages.copy_in(&raw);
             let refs: Vec<GrantRef> = (0..indirect_pages.count())
                 .filter_map(|i| indirect_pages.page(i).map(|(_, gref)| gref))
