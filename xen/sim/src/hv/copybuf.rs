@@ -135,14 +135,19 @@ impl State {
         }
         let frame = self.pin(seg.domid, seg.gref, grantee, writing)?;
         let dom = self.domains.get(&seg.domid);
-        let (Some(page), Some(map)) = (
-            dom.and_then(|d| d.page(frame)),
-            dom.and_then(|d| d.memory_map()),
-        ) else {
+        let page = dom.and_then(|d| d.page(frame));
+        // The memory mapping is kept once per domain and batch, not cloned per segment.
+        let kept = memories.iter().any(|(d, _)| *d == seg.domid);
+        let map = if kept {
+            None
+        } else {
+            dom.and_then(|d| d.memory_map())
+        };
+        let Some(page) = page.filter(|_| kept || map.is_some()) else {
             self.unpin(seg.domid, seg.gref, writing);
             return Err(status::BAD_PAGE);
         };
-        if !memories.iter().any(|(d, _)| *d == seg.domid) {
+        if let Some(map) = map {
             memories.push((seg.domid, map));
         }
         let remote = page.wrapping_add(usize::from(seg.offset));
