@@ -1,7 +1,9 @@
 //! The netback benchmark: iperf3 between two guests of the simulated host through netback
 //! (each guest's Rust netfront exposing `eth0` in its own network namespace; netback's vifs on a
 //! bridge in the driver domain's namespace), against the same iperf3 over a plain veth pair
-//! between two namespaces in the same run: the limit.
+//! between two namespaces in the same run: the limit. A third measurement, the floor
+//! ([`relay`]), joins two TAP-fed namespaces like the simulated guests' with a bare relay: what
+//! a backend costing nothing would reach here, to tell netback's own cost from the simulation's.
 //!
 //! Each configuration (queues, offloads on or off) runs a TCP throughput test (one stream per
 //! queue) and a small-packet test (UDP, 64-byte payloads, unlimited rate). CPU is the whole
@@ -24,6 +26,8 @@ use crate::device::NetbackConfig;
 
 /// Benchmark failures, as sentences.
 type Result<T> = std::result::Result<T, String>;
+
+mod relay;
 
 /// A named network namespace, deleted on drop.
 struct Ns {
@@ -172,6 +176,19 @@ fn iperf_netback(pair: &NetbackPair, seconds: u32, queues: u32, udp: bool) -> Re
     Ok(m)
 }
 
+/// The floor's line under a row: the relay's rate and netback's ratio to it.
+fn floor_line(m: &Median, udp: bool) -> String {
+    let rate = if udp {
+        format!("{:.0} p/s", m.veth.rate)
+    } else {
+        format!("{:.2} Gb/s", m.veth.rate / 1e9)
+    };
+    format!(
+        "{:<17}floor (TAP relay, no backend): {rate}, {:.0} ns/p; netback / floor {:.2}{}",
+        "", m.veth.cpu_ns, m.ratio, m.spread
+    )
+}
+
 fn copy_line(m: &Measure) -> String {
     match m.copies {
         Some(c) => format!(
@@ -184,7 +201,8 @@ fn copy_line(m: &Measure) -> String {
 
 const TCP_SEGMENT: f64 = 1448.0;
 
-/// The run with the median ratio, and the range of ratios when there were several.
+/// The run with the median ratio, and the range of ratios when there were several (`veth`
+/// holds the limit the ratio was taken against: veth, or the relay for the floor).
 struct Median {
     ratio: f64,
     veth: Measure,
@@ -472,22 +490,35 @@ pub async fn run(
     for &offloads in offload_settings {
         for &queues in queue_counts {
             // Both set up once; veth and netback runs alternate, `repeat` times each.
+            // All three set up once; veth, relay and netback runs alternate, `repeat` times.
             let (a, b) = veth_pair(queues, offloads)?;
+            let floor = relay::relay_pair(queues, offloads)?;
+            let (ra, rb) = (&floor.sides.0, &floor.sides.1);
             let pair = netback_pair(dir, queues, offloads).await?;
-            let mut tcp = Vec::new();
-            let mut udp = Vec::new();
+            let (mut tcp, mut udp) = (Vec::new(), Vec::new());
+            let (mut tcp_floor, mut udp_floor) = (Vec::new(), Vec::new());
             for _ in 0..repeat.max(1) {
                 let veth_tcp = iperf(&a, &b, "10.77.0.2", queues, seconds, false)?;
+                let relay_tcp = iperf(ra, rb, "10.79.0.2", queues, seconds, false)?;
                 let ours_tcp = iperf_netback(&pair, seconds, queues, false)?;
                 tcp.push((ours_tcp.rate / veth_tcp.rate, veth_tcp, ours_tcp));
+                tcp_floor.push((ours_tcp.rate / relay_tcp.rate, relay_tcp, ours_tcp));
                 let veth_udp = iperf(&a, &b, "10.77.0.2", queues, seconds, true)?;
+                let relay_udp = iperf(ra, rb, "10.79.0.2", queues, seconds, true)?;
                 let ours_udp = iperf_netback(&pair, seconds, queues, true)?;
                 udp.push((ours_udp.rate / veth_udp.rate, veth_udp, ours_udp));
+                udp_floor.push((ours_udp.rate / relay_udp.rate, relay_udp, ours_udp));
             }
             drop(pair);
+            drop(floor);
             drop((a, b));
             let label = if offloads { "on" } else { "off" };
-            let (Some(t), Some(u)) = (median(&mut tcp), median(&mut udp)) else {
+            let (Some(t), Some(u), Some(tf), Some(uf)) = (
+                median(&mut tcp),
+                median(&mut udp),
+                median(&mut tcp_floor),
+                median(&mut udp_floor),
+            ) else {
                 continue;
             };
             writeln!(
@@ -504,6 +535,7 @@ pub async fn run(
                 t.spread
             )
             .map_err(w)?;
+            writeln!(out, "{}", floor_line(&tf, false)).map_err(w)?;
             writeln!(out, "{}", copy_line(&t.ours)).map_err(w)?;
             writeln!(
                 out,
@@ -519,6 +551,7 @@ pub async fn run(
                 u.spread
             )
             .map_err(w)?;
+            writeln!(out, "{}", floor_line(&uf, true)).map_err(w)?;
             writeln!(out, "{}", copy_line(&u.ours)).map_err(w)?;
         }
     }
