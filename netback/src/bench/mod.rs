@@ -1,9 +1,11 @@
 //! The netback benchmark: iperf3 between two guests of the simulated host through netback
 //! (each guest's Rust netfront exposing `eth0` in its own network namespace; netback's vifs on a
 //! bridge in the driver domain's namespace), against the same iperf3 over a plain veth pair
-//! between two namespaces in the same run: the limit. A third measurement, the floor
-//! ([`relay`]), joins two TAP-fed namespaces like the simulated guests' with a bare relay: what
-//! a backend costing nothing would reach here, to tell netback's own cost from the simulation's.
+//! between two namespaces in the same run: the limit. Two floors ([`relay`]) join two
+//! TAP-fed namespaces like the simulated guests' with a relay thread per queue: directly (what
+//! a backend costing nothing would reach between simulated guests), and through a TAP device
+//! per guest on a bridge (netback's host side, without rings, grants or event channels), to
+//! tell netback's own cost from the simulation's and from its host side's.
 //!
 //! Each configuration (queues, offloads on or off) runs a TCP throughput test (one stream per
 //! queue) and a small-packet test (UDP, 64-byte payloads, unlimited rate). CPU is the whole
@@ -176,15 +178,15 @@ fn iperf_netback(pair: &NetbackPair, seconds: u32, queues: u32, udp: bool) -> Re
     Ok(m)
 }
 
-/// The floor's line under a row: the relay's rate and netback's ratio to it.
-fn floor_line(m: &Median, udp: bool) -> String {
+/// A floor's line under a row: the relay's rate and netback's ratio to it.
+fn floor_line(name: &str, m: &Median, udp: bool) -> String {
     let rate = if udp {
         format!("{:.0} p/s", m.veth.rate)
     } else {
         format!("{:.2} Gb/s", m.veth.rate / 1e9)
     };
     format!(
-        "{:<17}floor (TAP relay, no backend): {rate}, {:.0} ns/p; netback / floor {:.2}{}",
+        "{:<17}floor, {name}: {rate}, {:.0} ns/p; netback / floor {:.2}{}",
         "", m.veth.cpu_ns, m.ratio, m.spread
     )
 }
@@ -490,35 +492,54 @@ pub async fn run(
     for &offloads in offload_settings {
         for &queues in queue_counts {
             // Both set up once; veth and netback runs alternate, `repeat` times each.
-            // All three set up once; veth, relay and netback runs alternate, `repeat` times.
+            // All set up once; veth, relay and netback runs alternate, `repeat` times.
             let (a, b) = veth_pair(queues, offloads)?;
-            let floor = relay::relay_pair(queues, offloads)?;
-            let (ra, rb) = (&floor.sides.0, &floor.sides.1);
+            let floors = [
+                (
+                    "bare TAP relay",
+                    relay::relay_pair(queues, offloads, false)?,
+                ),
+                (
+                    "relay via vif TAPs on a bridge",
+                    relay::relay_pair(queues, offloads, true)?,
+                ),
+            ];
             let pair = netback_pair(dir, queues, offloads).await?;
             let (mut tcp, mut udp) = (Vec::new(), Vec::new());
-            let (mut tcp_floor, mut udp_floor) = (Vec::new(), Vec::new());
+            let mut tcp_floor: [Vec<_>; 2] = Default::default();
+            let mut udp_floor: [Vec<_>; 2] = Default::default();
             for _ in 0..repeat.max(1) {
                 let veth_tcp = iperf(&a, &b, "10.77.0.2", queues, seconds, false)?;
-                let relay_tcp = iperf(ra, rb, "10.79.0.2", queues, seconds, false)?;
+                let mut relay_tcp = Vec::new();
+                for (_, f) in &floors {
+                    let (ra, rb) = (&f.sides.0, &f.sides.1);
+                    relay_tcp.push(iperf(ra, rb, "10.79.0.2", queues, seconds, false)?);
+                }
                 let ours_tcp = iperf_netback(&pair, seconds, queues, false)?;
                 tcp.push((ours_tcp.rate / veth_tcp.rate, veth_tcp, ours_tcp));
-                tcp_floor.push((ours_tcp.rate / relay_tcp.rate, relay_tcp, ours_tcp));
+                for (runs, r) in tcp_floor.iter_mut().zip(relay_tcp) {
+                    runs.push((ours_tcp.rate / r.rate, r, ours_tcp));
+                }
                 let veth_udp = iperf(&a, &b, "10.77.0.2", queues, seconds, true)?;
-                let relay_udp = iperf(ra, rb, "10.79.0.2", queues, seconds, true)?;
+                let mut relay_udp = Vec::new();
+                for (_, f) in &floors {
+                    let (ra, rb) = (&f.sides.0, &f.sides.1);
+                    relay_udp.push(iperf(ra, rb, "10.79.0.2", queues, seconds, true)?);
+                }
                 let ours_udp = iperf_netback(&pair, seconds, queues, true)?;
                 udp.push((ours_udp.rate / veth_udp.rate, veth_udp, ours_udp));
-                udp_floor.push((ours_udp.rate / relay_udp.rate, relay_udp, ours_udp));
+                for (runs, r) in udp_floor.iter_mut().zip(relay_udp) {
+                    runs.push((ours_udp.rate / r.rate, r, ours_udp));
+                }
             }
             drop(pair);
-            drop(floor);
+            let labels = floors.map(|(label, relay)| {
+                drop(relay);
+                label
+            });
             drop((a, b));
             let label = if offloads { "on" } else { "off" };
-            let (Some(t), Some(u), Some(tf), Some(uf)) = (
-                median(&mut tcp),
-                median(&mut udp),
-                median(&mut tcp_floor),
-                median(&mut udp_floor),
-            ) else {
+            let (Some(t), Some(u)) = (median(&mut tcp), median(&mut udp)) else {
                 continue;
             };
             writeln!(
@@ -535,7 +556,11 @@ pub async fn run(
                 t.spread
             )
             .map_err(w)?;
-            writeln!(out, "{}", floor_line(&tf, false)).map_err(w)?;
+            for (runs, name) in tcp_floor.iter_mut().zip(labels) {
+                if let Some(m) = median(runs) {
+                    writeln!(out, "{}", floor_line(name, &m, false)).map_err(w)?;
+                }
+            }
             writeln!(out, "{}", copy_line(&t.ours)).map_err(w)?;
             writeln!(
                 out,
@@ -551,7 +576,11 @@ pub async fn run(
                 u.spread
             )
             .map_err(w)?;
-            writeln!(out, "{}", floor_line(&uf, true)).map_err(w)?;
+            for (runs, name) in udp_floor.iter_mut().zip(labels) {
+                if let Some(m) = median(runs) {
+                    writeln!(out, "{}", floor_line(name, &m, true)).map_err(w)?;
+                }
+            }
             writeln!(out, "{}", copy_line(&u.ours)).map_err(w)?;
         }
     }

@@ -3,9 +3,12 @@
 //! relay thread per queue that moves each frame from one TAP straight to the other.
 //!
 //! A simulated guest's Linux stack reaches its driver through a TAP device, which costs a
-//! copy and a system call each way that a real guest's netfront does not pay. The relay is
-//! what a backend that cost nothing would reach between two such guests; netback's rate
-//! against it separates netback's own cost from the simulation's.
+//! copy and a system call each way that a real guest's netfront does not pay. The bare relay
+//! is what a backend that cost nothing would reach between two such guests. The bridged relay
+//! adds netback's host side as the toolstack asks for it (a TAP device per vif, both on a
+//! bridge in a third namespace) and leaves out only the Xen parts: rings, grant copies, event
+//! channels. netback's rate against each separates its own cost from the simulation's and
+//! from its host side's.
 
 use std::io::IoSlice;
 use std::os::fd::AsFd;
@@ -28,6 +31,7 @@ pub(super) struct Relay {
     threads: Vec<JoinHandle<()>>,
     /// The namespaces, dropped (deleted) after the threads have closed the TAP devices.
     pub(super) sides: (Ns, Ns),
+    _host: Option<Ns>,
 }
 
 impl Drop for Relay {
@@ -46,38 +50,85 @@ fn side(tag: &str, queues: u32, offloads: bool, addr: &str) -> Result<(Ns, Vec<T
     let setup = |e: std::io::Error| format!("relay TAP device in {}: {e}", ns.name);
     let mut tap = Tap::create("eth0", queues as usize, Some(&path)).map_err(setup)?;
     let queues = tap.take_queues();
-    let flags = if offloads {
-        tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6
-    } else {
-        0
-    };
     if let Some(first) = queues.first() {
-        Tap::set_offload(first, flags).map_err(setup)?;
+        Tap::set_offload(first, offload_flags(offloads)).map_err(setup)?;
     }
     tap.link().set_up(true).map_err(setup)?;
     ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
     Ok((ns, queues))
 }
 
-/// Two namespaces (10.79.0.1 and .2) joined by a relay with `queues` queues.
-pub(super) fn relay_pair(queues: u32, offloads: bool) -> Result<Relay> {
-    let (a, a_queues) = side("ra", queues, offloads, "10.79.0.1/24")?;
-    let (b, b_queues) = side("rb", queues, offloads, "10.79.0.2/24")?;
+/// The host side of a bridged relay: a namespace with a bridge and one TAP device per guest
+/// on it, with netback's offload flags.
+fn host_side(queues: u32, offloads: bool) -> Result<(Ns, [Vec<TapQueue>; 2])> {
+    let ns = Ns::new("rd")?;
+    ns.ip(&["link", "add", "rbr0", "type", "bridge"])?;
+    ns.ip(&["link", "set", "rbr0", "up"])?;
+    let path = ns.path();
+    let setup = |e: std::io::Error| format!("relay vif TAP device in {}: {e}", ns.name);
+    let vif = |name: &str| -> Result<Vec<TapQueue>> {
+        let mut tap = Tap::create(name, queues as usize, Some(&path)).map_err(setup)?;
+        let queues = tap.take_queues();
+        if let Some(first) = queues.first() {
+            Tap::set_offload(first, offload_flags(offloads)).map_err(setup)?;
+        }
+        let link = tap.link();
+        link.add_to_bridge("rbr0").map_err(setup)?;
+        link.set_up(true).map_err(setup)?;
+        Ok(queues)
+    };
+    let (a, b) = (vif("rvif0")?, vif("rvif1")?);
+    Ok((ns, [a, b]))
+}
+
+fn offload_flags(offloads: bool) -> u32 {
+    if offloads {
+        tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6
+    } else {
+        0
+    }
+}
+
+/// Two namespaces (10.79.0.1 and .2) joined by a relay with `queues` queues:
+/// directly, or through a TAP device each on a bridge (`bridged`).
+pub(super) fn relay_pair(queues: u32, offloads: bool, bridged: bool) -> Result<Relay> {
+    let tag = if bridged { "b" } else { "" };
+    let (a, a_queues) = side(&format!("ra{tag}"), queues, offloads, "10.79.0.1/24")?;
+    let (b, b_queues) = side(&format!("rb{tag}"), queues, offloads, "10.79.0.2/24")?;
+    let mut pairs = Vec::new();
+    let mut host = None;
+    if bridged {
+        let (ns, [vif_a, vif_b]) = host_side(queues, offloads)?;
+        pairs.extend(a_queues.into_iter().zip(vif_a));
+        pairs.extend(b_queues.into_iter().zip(vif_b));
+        host = Some(ns);
+    } else {
+        pairs.extend(a_queues.into_iter().zip(b_queues));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    for (i, (qa, qb)) in a_queues.into_iter().zip(b_queues).enumerate() {
+    for (i, (qa, qb)) in pairs.into_iter().enumerate() {
         let stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
-            .name(format!("relay-q{i}"))
+            .name(format!("relay-{i}"))
             .spawn(move || relay(&qa, &qb, &stop))
             .map_err(|e| format!("cannot start a relay thread: {e}"))?;
         threads.push(thread);
     }
-    Ok(Relay {
+    let relay = Relay {
         stop,
         threads,
         sides: (a, b),
-    })
+        _host: host,
+    };
+    let mut ping = relay
+        .sides
+        .0
+        .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.79.0.2"]);
+    if !matches!(ping.output(), Ok(ref o) if o.status.success()) {
+        return Err("the two relay namespaces cannot reach each other".into());
+    }
+    Ok(relay)
 }
 
 /// Moves frames both ways between two TAP queues until `stop`.
