@@ -1,7 +1,7 @@
 //! The netback benchmark: iperf3 between two guests of the simulated host through netback
 //! (each guest's Rust netfront exposing `eth0` in its own network namespace; netback's vifs on a
 //! bridge in the driver domain's namespace), against the same iperf3 over a plain veth pair
-//! between two namespaces in the same run: the limit. Two floors ([`relay`]) join two
+//! between two namespaces in the same run: the limit. Two floors (the `relay` module) join two
 //! TAP-fed namespaces like the simulated guests' with a relay thread per queue: directly (what
 //! a backend costing nothing would reach between simulated guests), and through a TAP device
 //! per guest on a bridge (netback's host side, without rings, grants or event channels), to
