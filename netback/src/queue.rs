@@ -25,6 +25,7 @@ use xen_grant::GrantMapper;
 use xen_netif::tx::{TxFeatures, TxItem};
 use xen_ring::BackRing;
 
+use crate::framebuf::FrameBuf;
 use crate::rate::Credit;
 use crate::shared::{RxFrame, VifShared};
 use crate::stats::{bump, QueueStats};
@@ -164,11 +165,11 @@ pub(crate) struct Worker<G: GrantMapper, E: EventChannel> {
     pub(crate) tap_paused: bool,
     pub(crate) stalled: bool,
     pub(crate) last_rx_progress: Instant,
-    pub(crate) read_buf: Vec<u8>,
+    pub(crate) read_buf: FrameBuf,
     /// TX packet buffers kept for reuse (at most `TX_SPARE_BUFFERS`).
-    pub(crate) tx_spare: Vec<Vec<u8>>,
+    pub(crate) tx_spare: Vec<FrameBuf>,
     /// Full-size RX read buffers kept for reuse (at most `RX_SPARE_BUFFERS`).
-    pub(crate) rx_spare: Vec<Vec<u8>>,
+    pub(crate) rx_spare: Vec<FrameBuf>,
 }
 
 /// Size of a TAP read buffer: a virtio header and the largest frame.
@@ -248,6 +249,7 @@ where
     let now = Instant::now();
     let (rate, rate_version) = shared.rate();
     let name = spec.name.clone();
+    let read_buf = FrameBuf::new(&*grants, READ_BUF_LEN);
     let mut worker = Worker {
         spec,
         grants,
@@ -268,7 +270,7 @@ where
         tap_paused: false,
         stalled: false,
         last_rx_progress: now,
-        read_buf: vec![0u8; READ_BUF_LEN],
+        read_buf,
         tx_spare: Vec::new(),
         rx_spare: Vec::new(),
     };

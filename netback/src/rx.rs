@@ -19,6 +19,7 @@ use xen_netif::tx::GsoKind;
 use xen_netif::vnet::{HostGso, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM, VNET_HDR_LEN};
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::framebuf::FrameBuf;
 use crate::queue::{Fatal, Worker, READ_BUF_LEN};
 use crate::shared::RxFrame;
 use crate::stats::{add, bump, set};
@@ -86,23 +87,23 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
 
     /// The `n` bytes just read: a large frame keeps the read buffer itself (a spare takes its
     /// place), a small one is copied out at its own size.
-    fn take_read(&mut self, n: usize) -> Vec<u8> {
+    fn take_read(&mut self, n: usize) -> FrameBuf {
         if n < LARGE_FRAME {
-            return self.read_buf.get(..n).unwrap_or_default().to_vec();
+            return self.read_buf.get(..n).unwrap_or_default().to_vec().into();
         }
         let spare = self
             .rx_spare
             .pop()
-            .unwrap_or_else(|| vec![0u8; READ_BUF_LEN]);
+            .unwrap_or_else(|| FrameBuf::new(&*self.grants, READ_BUF_LEN));
         let mut buf = std::mem::replace(&mut self.read_buf, spare);
-        buf.truncate(n);
+        buf.set_len(n);
         buf
     }
 
     /// Keeps a delivered or dropped frame's buffer for a later read, if it is a read buffer.
-    pub(crate) fn recycle(&mut self, mut buf: Vec<u8>) {
+    pub(crate) fn recycle(&mut self, mut buf: FrameBuf) {
         if buf.capacity() >= READ_BUF_LEN && self.rx_spare.len() < RX_SPARE_BUFFERS {
-            buf.resize(READ_BUF_LEN, 0);
+            buf.set_len(READ_BUF_LEN);
             self.rx_spare.push(buf);
         }
     }
@@ -120,7 +121,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
     }
 
     /// Filters, fixes up and steers one frame read from the TAP device.
-    fn rx_admit(&mut self, mut buf: Vec<u8>, now: Instant) {
+    fn rx_admit(&mut self, mut buf: FrameBuf, now: Instant) {
         let frame = buf.get(VNET_HDR_LEN..).unwrap_or_default();
         if !self.shared.mcast_passes(frame.get(..6).unwrap_or_default()) {
             bump(&self.stats.rx_drop_mcast);

@@ -22,7 +22,7 @@ pub const MCAST_MAX: usize = 64;
 #[derive(Debug)]
 pub struct RxFrame {
     /// Header then frame.
-    pub buf: Vec<u8>,
+    pub buf: crate::framebuf::FrameBuf,
     /// The guest-configured flow hash, when hashing is on.
     pub hash: Option<xen_netif::hash::FrameHash>,
     /// When it was queued (for the drain timeout).

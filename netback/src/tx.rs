@@ -15,6 +15,7 @@ use xen_netif::tx::{parse_tx, TxDrop, TxItem, TxPacket, TxVerdict};
 use xen_netif::vnet::{virtio_gso_type, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM, VNET_HDR_LEN};
 use zerocopy::IntoBytes;
 
+use crate::framebuf::{FrameBuf, COPY_BUFFER_MIN};
 use crate::queue::{Fatal, Worker};
 use crate::rx::{rx_copy_ops, RxBatch};
 use crate::stats::{add, bump, set};
@@ -162,11 +163,16 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
             })
             .collect();
         // Reused buffers: only bytes beyond a buffer's earlier length are zeroed.
-        let mut bufs: Vec<Vec<u8>> = packets
+        let mut bufs: Vec<FrameBuf> = packets
             .iter()
             .map(|p| {
-                let mut buf = self.tx_spare.pop().unwrap_or_default();
-                buf.resize(VNET_HDR_LEN + p.len, 0);
+                let len = VNET_HDR_LEN + p.len;
+                let mut buf = match self.tx_spare.pop() {
+                    // A large packet's bytes go to copy memory if the mapper has some.
+                    Some(spare) if spare.is_copy() || len < COPY_BUFFER_MIN => spare,
+                    _ => FrameBuf::new(&*self.grants, len),
+                };
+                buf.set_len(len);
                 buf
             })
             .collect();

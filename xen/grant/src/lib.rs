@@ -3,13 +3,18 @@
 //! - [`GrantMapper`] is the backend's side: map a frontend's grants into our address space
 //!   (RAII: the mapping is unmapped when dropped) or copy to and from granted pages without
 //!   mapping them (grant copy, in batches, with a `GNTST_*` status per segment).
+//!   [`CopyBuf`]s from [`GrantMapper::copy_buffer`] are local buffers such copies cost the
+//!   least to and from.
 //! - [`GrantAllocator`] is the frontend's side: grant pages of our own to another domain.
 //!
 //! Implementations: [`linux::Gntdev`] over `/dev/xen/gntdev` (real Xen), and the simulated
 //! host's in `xen-sim`. Mappings implement [`xen_ring::SharedMemory`], so rings run straight
 //! over them.
 
+mod copybuf;
 pub mod linux;
+
+pub use copybuf::{CopyBuf, CopyBufSource};
 
 use xen_abi::{DomId, GrantRef};
 pub use xen_ring::SharedMemory;
@@ -138,6 +143,15 @@ pub trait GrantMapper: Send + Sync {
     /// Runs a batch of copies (`IOCTL_GNTDEV_GRANT_COPY`), writing each segment's `GNTST_*`
     /// status into `status` (same length as `ops`). `Err` means the batch could not be run.
     fn copy(&self, ops: &mut [CopyOp<'_>], status: &mut [i16]) -> Result<()>;
+
+    /// A buffer of at least `len` bytes for the local side of this mapper's copies, where the
+    /// implementation copies to and from some memory with less work than from any other (the
+    /// simulated host: memory it shares with its hypervisor, so no staging copy). `None` where
+    /// all memory is alike (gntdev) or none is left: use an ordinary buffer then.
+    fn copy_buffer(&self, len: usize) -> Option<CopyBuf> {
+        let _ = len;
+        None
+    }
 }
 
 /// Pages of our own that we granted to another domain; access is revoked when dropped.

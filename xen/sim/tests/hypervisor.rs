@@ -285,6 +285,86 @@ async fn grant_copy_reports_status_per_segment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_buffers_are_copied_directly_and_mix_with_ordinary_memory() {
+    let w = world("copydirect").await;
+    let (ga, gb) = (w.a.grants().unwrap(), w.b.grants().unwrap());
+    let pages = ga.grant_pages(w.b.domid(), 2, true).unwrap();
+    let a = w.a.domid();
+    let ptr = |k: usize, offset| GrantPtr {
+        domid: a,
+        gref: pages.refs()[k],
+        offset,
+    };
+    assert!(gb.copy_buffer(1 << 20).is_none(), "larger than a slot");
+    let mut out = gb.copy_buffer(4096).unwrap();
+    assert_eq!(out.len(), 4096);
+    out.iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i % 253) as u8);
+    let ordinary = vec![0x5au8; 4096];
+    let before = xen_sim::domain::copy_call_stats();
+    let mut ops = vec![
+        CopyOp::ToGrant {
+            src: &out,
+            dst: ptr(0, 0),
+        },
+        CopyOp::ToGrant {
+            src: &ordinary,
+            dst: ptr(1, 0),
+        },
+    ];
+    let mut st = vec![-1i16; 2];
+    gb.copy(&mut ops, &mut st).unwrap();
+    assert_eq!(st, vec![status::OKAY; 2]);
+    // The granter sees both pages' bytes.
+    // SAFETY: the granted pages are two mapped pages of domain a's memory, alive meanwhile.
+    let granted = unsafe { std::slice::from_raw_parts(pages.as_ptr(), 8192) };
+    assert_eq!(&granted[..4096], &out[..]);
+    assert!(granted[4096..].iter().all(|&b| b == 0x5a));
+    assert!(xen_sim::domain::copy_call_stats().bytes >= before.bytes + 8192);
+
+    // Back the other way, a slot and ordinary memory in one batch, at offsets.
+    let mut back = gb.copy_buffer(100).unwrap();
+    let mut plain = [0u8; 100];
+    let mut ops = vec![
+        CopyOp::FromGrant {
+            src: ptr(0, 7),
+            dst: &mut back,
+        },
+        CopyOp::FromGrant {
+            src: ptr(1, 3000),
+            dst: &mut plain,
+        },
+    ];
+    let mut st = vec![-1i16; 2];
+    gb.copy(&mut ops, &mut st).unwrap();
+    assert_eq!(st, vec![status::OKAY; 2]);
+    assert_eq!(&back[..], &out[7..107]);
+    assert_eq!(plain, [0x5a; 100]);
+
+    // A slot given to another connection's copy is staged there, with the same result.
+    let other = w.b.grants().unwrap();
+    back.set_len(10);
+    let mut ops = vec![CopyOp::FromGrant {
+        src: ptr(0, 0),
+        dst: &mut back,
+    }];
+    let mut st = vec![-1i16; 1];
+    other.copy(&mut ops, &mut st).unwrap();
+    assert_eq!((st[0], &back[..]), (status::OKAY, &out[..10]));
+
+    // Slots run out, and a dropped one comes back.
+    let mut held = Vec::new();
+    while let Some(b) = gb.copy_buffer(64 << 10) {
+        held.push(b);
+        assert!(held.len() < 10_000);
+    }
+    assert!(!held.is_empty());
+    held.pop();
+    assert!(gb.copy_buffer(64 << 10).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grant_copy_batches_larger_than_the_copy_buffer_are_split() {
     let w = world("copybig").await;
     let (ga, gb) = (w.a.grants().unwrap(), w.b.grants().unwrap());

@@ -87,6 +87,25 @@ impl SimGrants {
         })
     }
 
+    /// The connection's copy buffer, registered at first use (`Some(None)` if it could not
+    /// be: copies then carry their bytes in the messages).
+    fn shared_buffer(&self) -> std::sync::MutexGuard<'_, Option<Option<ClientCopyBuffer>>> {
+        let mut buffer = self
+            .copy_buffer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buffer.is_none() {
+            *buffer = Some(match ClientCopyBuffer::register(&self.conn) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::debug!("no shared copy buffer, copies go through messages: {e}");
+                    None
+                }
+            });
+        }
+        buffer
+    }
+
     fn own_memory(&self) -> Result<Arc<OwnedFd>, GrantError> {
         let mut own = self
             .own
@@ -148,6 +167,10 @@ impl GrantMapping for SimMapping {
 
 impl GrantMapper for SimGrants {
     type Mapping = SimMapping;
+
+    fn copy_buffer(&self, len: usize) -> Option<xen_grant::CopyBuf> {
+        self.shared_buffer().as_ref()?.as_ref()?.slot(len)
+    }
 
     fn map(
         &self,
@@ -231,18 +254,8 @@ impl GrantMapper for SimGrants {
                 reason: "status slice length differs from ops",
             });
         }
-        let mut buffer = self
-            .copy_buffer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let buffer = buffer.get_or_insert_with(|| match ClientCopyBuffer::register(&self.conn) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::debug!("no shared copy buffer, copies go through messages: {e}");
-                None
-            }
-        });
-        if let Some(buffer) = buffer {
+        let mut buffer = self.shared_buffer();
+        if let Some(buffer) = buffer.as_mut().and_then(Option::as_mut) {
             return buffer.copy(&self.conn, ops, status);
         }
         let mut segments = Vec::with_capacity(ops.len());
