@@ -467,6 +467,87 @@ async fn netback_pair(dir: &Path, queues: u32, offloads: bool) -> Result<Netback
     })
 }
 
+/// What the floors' lines call them, in [`Setup::floors`] order.
+const FLOOR_NAMES: [&str; 2] = ["bare TAP relay", "relay via vif TAPs on a bridge"];
+
+/// One configuration's three setups, measured in turn.
+struct Setup {
+    veth: (Ns, Ns),
+    floors: [relay::Relay; 2],
+    netback: NetbackPair,
+    queues: u32,
+    seconds: u32,
+}
+
+impl Setup {
+    /// One run of each: veth, each floor, netback.
+    fn measure(&self, udp: bool) -> Result<(Measure, Vec<Measure>, Measure)> {
+        let (q, secs) = (self.queues, self.seconds);
+        let veth = iperf(&self.veth.0, &self.veth.1, "10.77.0.2", q, secs, udp)?;
+        let mut floors = Vec::new();
+        for f in &self.floors {
+            floors.push(iperf(&f.sides.0, &f.sides.1, "10.79.0.2", q, secs, udp)?);
+        }
+        let ours = iperf_netback(&self.netback, secs, q, udp)?;
+        Ok((veth, floors, ours))
+    }
+}
+
+/// One test's runs: netback against veth, and against each floor.
+#[derive(Default)]
+struct Runs {
+    veth: Vec<(f64, Measure, Measure)>,
+    floors: [Vec<(f64, Measure, Measure)>; 2],
+}
+
+impl Runs {
+    fn record(&mut self, (veth, floors, ours): (Measure, Vec<Measure>, Measure)) {
+        self.veth.push((ours.rate / veth.rate, veth, ours));
+        for (runs, f) in self.floors.iter_mut().zip(floors) {
+            runs.push((ours.rate / f.rate, f, ours));
+        }
+    }
+
+    /// Prints the row, the floors' lines and the grant-copy line.
+    fn report(
+        &mut self,
+        out: &mut dyn Write,
+        queues: u32,
+        label: &str,
+        udp: bool,
+    ) -> std::io::Result<()> {
+        let Some(m) = median(&mut self.veth) else {
+            return Ok(());
+        };
+        let rate = |r: f64| {
+            if udp {
+                format!("{r:>7.0} p/s")
+            } else {
+                format!("{:>6.2} Gb/s", r / 1e9)
+            }
+        };
+        writeln!(
+            out,
+            "{:<9} {:>2} {:<8}  {} {:>9.0}  {} {:>9.0}  {:>6.2}{}",
+            if udp { "udp 64B" } else { "tcp" },
+            queues,
+            label,
+            rate(m.veth.rate),
+            m.veth.cpu_ns,
+            rate(m.ours.rate),
+            m.ours.cpu_ns,
+            m.ratio,
+            m.spread
+        )?;
+        for (runs, name) in self.floors.iter_mut().zip(FLOOR_NAMES) {
+            if let Some(f) = median(runs) {
+                writeln!(out, "{}", floor_line(name, &f, udp))?;
+            }
+        }
+        writeln!(out, "{}", copy_line(&m.ours))
+    }
+}
+
 /// Runs each configuration (`queues` x `offloads`) and prints a table to `out`.
 pub async fn run(
     dir: &Path,
@@ -491,97 +572,26 @@ pub async fn run(
     .map_err(w)?;
     for &offloads in offload_settings {
         for &queues in queue_counts {
-            // Both set up once; veth and netback runs alternate, `repeat` times each.
             // All set up once; veth, relay and netback runs alternate, `repeat` times.
-            let (a, b) = veth_pair(queues, offloads)?;
-            let floors = [
-                (
-                    "bare TAP relay",
+            let setup = Setup {
+                veth: veth_pair(queues, offloads)?,
+                floors: [
                     relay::relay_pair(queues, offloads, false)?,
-                ),
-                (
-                    "relay via vif TAPs on a bridge",
                     relay::relay_pair(queues, offloads, true)?,
-                ),
-            ];
-            let pair = netback_pair(dir, queues, offloads).await?;
-            let (mut tcp, mut udp) = (Vec::new(), Vec::new());
-            let mut tcp_floor: [Vec<_>; 2] = Default::default();
-            let mut udp_floor: [Vec<_>; 2] = Default::default();
-            for _ in 0..repeat.max(1) {
-                let veth_tcp = iperf(&a, &b, "10.77.0.2", queues, seconds, false)?;
-                let mut relay_tcp = Vec::new();
-                for (_, f) in &floors {
-                    let (ra, rb) = (&f.sides.0, &f.sides.1);
-                    relay_tcp.push(iperf(ra, rb, "10.79.0.2", queues, seconds, false)?);
-                }
-                let ours_tcp = iperf_netback(&pair, seconds, queues, false)?;
-                tcp.push((ours_tcp.rate / veth_tcp.rate, veth_tcp, ours_tcp));
-                for (runs, r) in tcp_floor.iter_mut().zip(relay_tcp) {
-                    runs.push((ours_tcp.rate / r.rate, r, ours_tcp));
-                }
-                let veth_udp = iperf(&a, &b, "10.77.0.2", queues, seconds, true)?;
-                let mut relay_udp = Vec::new();
-                for (_, f) in &floors {
-                    let (ra, rb) = (&f.sides.0, &f.sides.1);
-                    relay_udp.push(iperf(ra, rb, "10.79.0.2", queues, seconds, true)?);
-                }
-                let ours_udp = iperf_netback(&pair, seconds, queues, true)?;
-                udp.push((ours_udp.rate / veth_udp.rate, veth_udp, ours_udp));
-                for (runs, r) in udp_floor.iter_mut().zip(relay_udp) {
-                    runs.push((ours_udp.rate / r.rate, r, ours_udp));
-                }
-            }
-            drop(pair);
-            let labels = floors.map(|(label, relay)| {
-                drop(relay);
-                label
-            });
-            drop((a, b));
-            let label = if offloads { "on" } else { "off" };
-            let (Some(t), Some(u)) = (median(&mut tcp), median(&mut udp)) else {
-                continue;
+                ],
+                netback: netback_pair(dir, queues, offloads).await?,
+                queues,
+                seconds,
             };
-            writeln!(
-                out,
-                "{:<9} {:>2} {:<8}  {:>6.2} Gb/s {:>9.0}  {:>6.2} Gb/s {:>9.0}  {:>6.2}{}",
-                "tcp",
-                queues,
-                label,
-                t.veth.rate / 1e9,
-                t.veth.cpu_ns,
-                t.ours.rate / 1e9,
-                t.ours.cpu_ns,
-                t.ratio,
-                t.spread
-            )
-            .map_err(w)?;
-            for (runs, name) in tcp_floor.iter_mut().zip(labels) {
-                if let Some(m) = median(runs) {
-                    writeln!(out, "{}", floor_line(name, &m, false)).map_err(w)?;
-                }
+            let (mut tcp, mut udp) = (Runs::default(), Runs::default());
+            for _ in 0..repeat.max(1) {
+                tcp.record(setup.measure(false)?);
+                udp.record(setup.measure(true)?);
             }
-            writeln!(out, "{}", copy_line(&t.ours)).map_err(w)?;
-            writeln!(
-                out,
-                "{:<9} {:>2} {:<8}  {:>7.0} p/s {:>9.0}  {:>7.0} p/s {:>9.0}  {:>6.2}{}",
-                "udp 64B",
-                queues,
-                label,
-                u.veth.rate,
-                u.veth.cpu_ns,
-                u.ours.rate,
-                u.ours.cpu_ns,
-                u.ratio,
-                u.spread
-            )
-            .map_err(w)?;
-            for (runs, name) in udp_floor.iter_mut().zip(labels) {
-                if let Some(m) = median(runs) {
-                    writeln!(out, "{}", floor_line(name, &m, true)).map_err(w)?;
-                }
-            }
-            writeln!(out, "{}", copy_line(&u.ours)).map_err(w)?;
+            drop(setup);
+            let label = if offloads { "on" } else { "off" };
+            tcp.report(out, queues, label, false).map_err(w)?;
+            udp.report(out, queues, label, true).map_err(w)?;
         }
     }
     Ok(())
