@@ -19,6 +19,8 @@ use crate::storage::raw::{RawDisk, RawOptions};
 use crate::storage::Disk;
 use crate::worker::{start_ring, RingSpec};
 
+mod disk_idle;
+
 /// One workload.
 #[derive(Debug, Clone, Copy)]
 pub struct Workload {
@@ -398,17 +400,21 @@ pub async fn run(
             // fio and ours alternate; the pair with the median ratio is shown.
             let mut pairs = Vec::new();
             for _ in 0..selection.repeat.max(1) {
+                let sampler = disk_idle::DiskIdle::start(&file);
                 let limit = fio(&file, bytes, wl, queues, seconds)
                     .ok_or("fio failed or is not installed (apt-get install fio)")?;
+                let limit_idle = sampler.and_then(disk_idle::DiskIdle::finish);
+                let sampler = disk_idle::DiskIdle::start(&file);
                 let ours = ours(dir, &file, bytes, wl, queues, seconds, PERSISTENT).await?;
-                pairs.push((ours.iops / limit.iops, limit, ours));
+                let ours_idle = sampler.and_then(disk_idle::DiskIdle::finish);
+                pairs.push((ours.iops / limit.iops, limit, ours, (limit_idle, ours_idle)));
             }
             pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
             let spread = match (pairs.first(), pairs.last()) {
                 (Some(lo), Some(hi)) if pairs.len() > 1 => format!("  ({:.2}-{:.2})", lo.0, hi.0),
                 _ => String::new(),
             };
-            let Some(&(ratio, limit, ours)) = pairs.get(pairs.len() / 2) else {
+            let Some(&(ratio, limit, ours, idle)) = pairs.get(pairs.len() / 2) else {
                 continue;
             };
             limits.push((wl.name, queues, limit));
@@ -426,6 +432,16 @@ pub async fn run(
                 ratio,
             )
             .map_err(w)?;
+            if let (Some(fio_idle), Some(our_idle)) = idle {
+                writeln!(
+                    out,
+                    "{:<24}disk idle (nothing in flight, sampled each ms): fio {:.0}%, ours {:.0}%",
+                    "",
+                    fio_idle * 100.0,
+                    our_idle * 100.0
+                )
+                .map_err(w)?;
+            }
         }
     }
     writeln!(
