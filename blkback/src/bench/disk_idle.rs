@@ -67,12 +67,52 @@ impl DiskIdle {
     /// stretch between the first and the last busy one, if the disk was ever busy.
     pub(super) fn finish(self) -> Option<f64> {
         self.stop.store(true, Ordering::Relaxed);
-        let busy = self.thread.join().ok()?;
-        let first = busy.iter().position(|&b| b)?;
-        let last = busy.iter().rposition(|&b| b)?;
-        let trim = (last - first) * 15 / 100;
-        let window = busy.get(first + trim..=last - trim)?;
-        let idle = window.iter().filter(|&&b| !b).count();
-        Some(idle as f64 / window.len() as f64)
+        idle_share(&self.thread.join().ok()?)
+    }
+}
+
+/// The share of idle samples in the middle 70% of the stretch from the first to the last busy
+/// sample; `None` if none was busy.
+fn idle_share(busy: &[bool]) -> Option<f64> {
+    let first = busy.iter().position(|&b| b)?;
+    let last = busy.iter().rposition(|&b| b)?;
+    let trim = (last - first) * 15 / 100;
+    let window = busy.get(first + trim..=last - trim)?;
+    let idle = window.iter().filter(|&&b| !b).count();
+    Some(idle as f64 / window.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idle_share;
+
+    #[test]
+    fn setup_and_ramps_do_not_count_and_a_never_busy_disk_has_no_share() {
+        assert_eq!(idle_share(&[false; 10]), None);
+        assert_eq!(idle_share(&[]), None);
+        assert_eq!(idle_share(&[true]), Some(0.0));
+        // 100 idle samples of setup, then 100 samples alternating busy/idle ending busy, then
+        // 50 idle of teardown: only the alternating middle counts.
+        let mut samples = vec![false; 100];
+        samples.extend((0..100).map(|i| i % 2 == 1));
+        samples.extend([false; 50]);
+        let share = idle_share(&samples).unwrap();
+        assert!((0.45..=0.55).contains(&share), "{share}");
+        // A ramp at the start (mostly idle) is trimmed away.
+        let mut ramped = vec![true, false, false, false, false, false, false, false];
+        ramped.extend([true; 92]);
+        assert_eq!(idle_share(&ramped), Some(0.0));
+    }
+
+    #[test]
+    fn the_sampled_file_reads_as_a_count() {
+        let dir = std::env::temp_dir().join(format!("disk-idle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("inflight");
+        std::fs::write(&f, "       3        4\n").unwrap();
+        assert_eq!(super::in_flight(&f), Some(7));
+        std::fs::write(&f, "x 4\n").unwrap();
+        assert_eq!(super::in_flight(&f), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
