@@ -490,34 +490,13 @@ pub async fn run(
         .into_iter()
         .filter(|w| selection.wants(w))
     {
-        let map = ours(
-            dir,
-            &file,
-            bytes,
-            wl,
-            1,
-            seconds,
-            DataPath {
-                persistent: false,
-                grant_copy: false,
-                max_persistent_grants: crate::MAX_PERSISTENT_GRANTS,
-            },
-        )
-        .await?;
-        let copy = ours(
-            dir,
-            &file,
-            bytes,
-            wl,
-            1,
-            seconds,
-            DataPath {
-                persistent: false,
-                grant_copy: true,
-                max_persistent_grants: crate::MAX_PERSISTENT_GRANTS,
-            },
-        )
-        .await?;
+        let without_persistent = |grant_copy| DataPath {
+            persistent: false,
+            grant_copy,
+            max_persistent_grants: crate::MAX_PERSISTENT_GRANTS,
+        };
+        let map = ours(dir, &file, bytes, wl, 1, seconds, without_persistent(false)).await?;
+        let copy = ours(dir, &file, bytes, wl, 1, seconds, without_persistent(true)).await?;
         writeln!(
             out,
             "{:<20}  {:>10.0} {:>8.1}  {:>10.0} {:>8.1}  {:>8.2}",
