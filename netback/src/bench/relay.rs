@@ -43,17 +43,33 @@ impl Drop for Relay {
     }
 }
 
-/// Makes one side: a namespace with `eth0` as netfront would make it, addressed `addr`.
-fn side(tag: &str, queues: u32, offloads: bool, addr: &str) -> Result<(Ns, Vec<TapQueue>)> {
-    let ns = Ns::new(tag)?;
-    let path = ns.path();
-    let setup = |e: std::io::Error| format!("relay TAP device in {}: {e}", ns.name);
-    let mut tap = Tap::create("eth0", queues as usize, Some(&path)).map_err(setup)?;
+/// Creates the TAP device `name` in `ns` with `queues` queues and the offload flags netfront
+/// and netback set, on `bridge` if given, up; its queues.
+fn tap_device(
+    ns: &Ns,
+    name: &str,
+    queues: u32,
+    offloads: bool,
+    bridge: Option<&str>,
+) -> Result<Vec<TapQueue>> {
+    let setup = |e: std::io::Error| format!("relay TAP device {name} in {}: {e}", ns.name);
+    let mut tap = Tap::create(name, queues as usize, Some(&ns.path())).map_err(setup)?;
     let queues = tap.take_queues();
     if let Some(first) = queues.first() {
         Tap::set_offload(first, offload_flags(offloads)).map_err(setup)?;
     }
-    tap.link().set_up(true).map_err(setup)?;
+    let link = tap.link();
+    if let Some(bridge) = bridge {
+        link.add_to_bridge(bridge).map_err(setup)?;
+    }
+    link.set_up(true).map_err(setup)?;
+    Ok(queues)
+}
+
+/// Makes one side: a namespace with `eth0` as netfront would make it, addressed `addr`.
+fn side(tag: &str, queues: u32, offloads: bool, addr: &str) -> Result<(Ns, Vec<TapQueue>)> {
+    let ns = Ns::new(tag)?;
+    let queues = tap_device(&ns, "eth0", queues, offloads, None)?;
     ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
     Ok((ns, queues))
 }
@@ -64,20 +80,8 @@ fn host_side(queues: u32, offloads: bool) -> Result<(Ns, [Vec<TapQueue>; 2])> {
     let ns = Ns::new("rd")?;
     ns.ip(&["link", "add", "rbr0", "type", "bridge"])?;
     ns.ip(&["link", "set", "rbr0", "up"])?;
-    let path = ns.path();
-    let setup = |e: std::io::Error| format!("relay vif TAP device in {}: {e}", ns.name);
-    let vif = |name: &str| -> Result<Vec<TapQueue>> {
-        let mut tap = Tap::create(name, queues as usize, Some(&path)).map_err(setup)?;
-        let queues = tap.take_queues();
-        if let Some(first) = queues.first() {
-            Tap::set_offload(first, offload_flags(offloads)).map_err(setup)?;
-        }
-        let link = tap.link();
-        link.add_to_bridge("rbr0").map_err(setup)?;
-        link.set_up(true).map_err(setup)?;
-        Ok(queues)
-    };
-    let (a, b) = (vif("rvif0")?, vif("rvif1")?);
+    let a = tap_device(&ns, "rvif0", queues, offloads, Some("rbr0"))?;
+    let b = tap_device(&ns, "rvif1", queues, offloads, Some("rbr0"))?;
     Ok((ns, [a, b]))
 }
 
@@ -105,30 +109,29 @@ pub(super) fn relay_pair(queues: u32, offloads: bool, bridged: bool) -> Result<R
     } else {
         pairs.extend(a_queues.into_iter().zip(b_queues));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
+    // Threads join the relay as they start, so that a failure stops those already running.
+    let mut joined = Relay {
+        stop: Arc::new(AtomicBool::new(false)),
+        threads: Vec::new(),
+        sides: (a, b),
+        _host: host,
+    };
     for (i, (qa, qb)) in pairs.into_iter().enumerate() {
-        let stop = Arc::clone(&stop);
+        let stop = Arc::clone(&joined.stop);
         let thread = std::thread::Builder::new()
             .name(format!("relay-{i}"))
             .spawn(move || relay(&qa, &qb, &stop))
             .map_err(|e| format!("cannot start a relay thread: {e}"))?;
-        threads.push(thread);
+        joined.threads.push(thread);
     }
-    let relay = Relay {
-        stop,
-        threads,
-        sides: (a, b),
-        _host: host,
-    };
-    let mut ping = relay
+    let mut ping = joined
         .sides
         .0
         .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.79.0.2"]);
     if !matches!(ping.output(), Ok(ref o) if o.status.success()) {
         return Err("the two relay namespaces cannot reach each other".into());
     }
-    Ok(relay)
+    Ok(joined)
 }
 
 /// Moves frames both ways between two TAP queues until `stop`.
