@@ -119,14 +119,16 @@ struct Measure {
     copies: Option<CopyDiag>,
 }
 
-/// Grant copies during a run: how many, how large, how long a caller waited for each and how
-/// much of that the hypervisor worked on it (the rest is scheduling: the call crosses threads).
+/// Grant copies during a run: how many, how large, how long each took its caller, and, for
+/// copies served by the hypervisor's thread, how much of that it worked on them (the rest is
+/// scheduling: the call crosses threads). Copies done on the caller's thread have no work
+/// figure.
 #[derive(Debug, Clone, Copy)]
 struct CopyDiag {
     per_second: f64,
     kib_per_call: f64,
-    round_trip_us: f64,
-    work_us: f64,
+    call_us: f64,
+    work_us: Option<f64>,
 }
 
 /// Grant-copy counters at one instant (this process's calls; the host's hypervisor's work).
@@ -150,7 +152,7 @@ impl CopySnapshot {
         let now = Self::take(host);
         let calls = now.calls.calls.checked_sub(self.calls.calls)?;
         let served = now.work.calls.checked_sub(self.work.calls)?;
-        if calls == 0 || served == 0 {
+        if calls == 0 {
             return None;
         }
         let secs = now.at.duration_since(self.at).as_secs_f64().max(1e-9);
@@ -160,8 +162,8 @@ impl CopySnapshot {
         Some(CopyDiag {
             per_second: calls as f64 / secs,
             kib_per_call: bytes as f64 / 1024.0 / calls as f64,
-            round_trip_us: waited.as_secs_f64() * 1e6 / calls as f64,
-            work_us: busy.as_secs_f64() * 1e6 / served as f64,
+            call_us: waited.as_secs_f64() * 1e6 / calls as f64,
+            work_us: (served > 0).then(|| busy.as_secs_f64() * 1e6 / served as f64),
         })
     }
 }
@@ -193,10 +195,19 @@ fn floor_line(name: &str, m: &Median, udp: bool) -> String {
 
 fn copy_line(m: &Measure) -> String {
     match m.copies {
-        Some(c) => format!(
-            "{:<17}grant copies: {:.0}/s, {:.1} KiB each, round trip {:.0} us (hypervisor work {:.0} us)",
-            "", c.per_second, c.kib_per_call, c.round_trip_us, c.work_us
-        ),
+        Some(c) => {
+            let how = match c.work_us {
+                Some(work) => format!(
+                    "round trip {:.0} us (hypervisor work {work:.0} us)",
+                    c.call_us
+                ),
+                None => format!("{:.0} us each on the caller's thread", c.call_us),
+            };
+            format!(
+                "{:<17}grant copies: {:.0}/s, {:.1} KiB each, {how}",
+                "", c.per_second, c.kib_per_call
+            )
+        }
         None => format!("{:<17}grant copies: none", ""),
     }
 }

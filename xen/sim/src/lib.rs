@@ -10,6 +10,7 @@
 //! See ARCHITECTURE.md for how the pieces fit and what the simulation does and does not
 //! enforce.
 
+mod active;
 pub mod bench;
 pub mod demo;
 pub mod domain;

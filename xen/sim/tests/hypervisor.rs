@@ -217,8 +217,17 @@ async fn a_mapped_grant_is_busy_for_the_granter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grant_copy_reports_status_per_segment() {
-    let w = world("copy").await;
+    // On the caller's thread (the default) and as hypercalls served by the hypervisor.
+    grant_copy_statuses(false).await;
+    grant_copy_statuses(true).await;
+}
+
+async fn grant_copy_statuses(through_hypervisor: bool) {
+    let w = world(&format!("copy{through_hypervisor}")).await;
     let (ga, gb) = (w.a.grants().unwrap(), w.b.grants().unwrap());
+    if through_hypervisor {
+        gb.copy_through_hypervisor();
+    }
     let rw = ga.grant_pages(w.b.domid(), 1, true).unwrap();
     let ro = ga.grant_pages(w.b.domid(), 1, false).unwrap();
     let a = w.a.domid();
@@ -281,13 +290,45 @@ async fn grant_copy_reports_status_per_segment() {
     );
     assert!(calls_after.calls > calls.calls && calls_after.bytes >= calls.bytes + 5);
     assert!(calls_after.waited > calls.waited);
-    assert!(work_after.calls > work.calls && work_after.busy > work.busy);
+    if through_hypervisor {
+        assert!(work_after.calls > work.calls && work_after.busy > work.busy);
+    } else {
+        assert_eq!(
+            work_after.calls, work.calls,
+            "copied on the caller's thread"
+        );
+    }
+    // A domain that does not exist, and one without a grant table.
+    let mut buf = [0u8; 4];
+    let mut ops = vec![
+        CopyOp::FromGrant {
+            src: GrantPtr {
+                domid: 999,
+                gref: 8,
+                offset: 0,
+            },
+            dst: &mut buf,
+        },
+        CopyOp::ToGrant {
+            src: b"x",
+            dst: GrantPtr {
+                domid: 0,
+                gref: 8,
+                offset: 0,
+            },
+        },
+    ];
+    let mut st = vec![0i16; 2];
+    gb.copy(&mut ops, &mut st).unwrap();
+    assert_eq!(st[0], status::BAD_DOMAIN);
+    assert_ne!(st[1], status::OKAY);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_buffers_are_copied_directly_and_mix_with_ordinary_memory() {
     let w = world("copydirect").await;
     let (ga, gb) = (w.a.grants().unwrap(), w.b.grants().unwrap());
+    gb.copy_through_hypervisor();
     let pages = ga.grant_pages(w.b.domid(), 2, true).unwrap();
     let a = w.a.domid();
     let ptr = |k: usize, offset| GrantPtr {
@@ -368,6 +409,7 @@ async fn copy_buffers_are_copied_directly_and_mix_with_ordinary_memory() {
 async fn grant_copy_batches_larger_than_the_copy_buffer_are_split() {
     let w = world("copybig").await;
     let (ga, gb) = (w.a.grants().unwrap(), w.b.grants().unwrap());
+    gb.copy_through_hypervisor();
     let pages = ga.grant_pages(w.b.domid(), 4, true).unwrap();
     let a = w.a.domid();
     // 3000 page-sized segments (12 MiB, more than the 8 MiB copy buffer), spread over four

@@ -52,6 +52,16 @@ pub fn copy_call_stats() -> CopyCallStats {
     }
 }
 
+/// Counts one grant-copy call that moved `bytes` and began at `started`.
+pub(crate) fn count_copy_call(bytes: usize, started: std::time::Instant) {
+    COPY_CALLS.fetch_add(1, Ordering::Relaxed);
+    COPY_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+    COPY_WAITED_NS.fetch_add(
+        u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
 /// A copy buffer registered on one hypervisor connection.
 pub(crate) struct ClientCopyBuffer {
     map: Arc<MmapRaw>,
@@ -247,12 +257,7 @@ impl ClientCopyBuffer {
         }
         let started = std::time::Instant::now();
         let answer = conn.call(&Request::CopyGrantsBuffered { segments });
-        COPY_CALLS.fetch_add(1, Ordering::Relaxed);
-        COPY_BYTES.fetch_add(moved as u64, Ordering::Relaxed);
-        COPY_WAITED_NS.fetch_add(
-            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        count_copy_call(moved, started);
         let (reply, _) = answer.map_err(|e| super::grant::os("copy", e))?;
         let Reply::CopiedBuffered { status: results } = reply else {
             return Err(super::grant::os(

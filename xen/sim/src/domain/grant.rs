@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use xen_abi::{DomId, GrantRef};
@@ -12,6 +13,7 @@ use xen_grant::{
 };
 
 use super::copybuf::ClientCopyBuffer;
+use super::fastcopy::FastCopy;
 use super::memory::{map_frames, Pages};
 use super::{Credentials, Error, HvConn};
 use crate::hv::proto::{CopySegment, Reply, Request};
@@ -40,6 +42,9 @@ pub struct SimGrants {
     /// The connection's copy buffer: `None` until first used, then `Some(None)` if it could
     /// not be set up (copies then carry their bytes in the messages).
     copy_buffer: Mutex<Option<Option<ClientCopyBuffer>>>,
+    /// Grant copies on the caller's thread (unless switched off, or no slot is free).
+    fast: FastCopy,
+    fast_enabled: AtomicBool,
 }
 
 impl SimGrants {
@@ -84,7 +89,16 @@ impl SimGrants {
             memory: Mutex::new(HashMap::new()),
             own: Mutex::new(None),
             copy_buffer: Mutex::new(None),
+            fast: FastCopy::new(creds.domid),
+            fast_enabled: AtomicBool::new(true),
         })
+    }
+
+    /// Performs grant copies as hypercalls served by the hypervisor's thread (through the
+    /// connection's copy buffer) instead of on the calling thread: for tests of that path
+    /// and for comparisons.
+    pub fn copy_through_hypervisor(&self) {
+        self.fast_enabled.store(false, Ordering::Relaxed);
     }
 
     /// The connection's copy buffer, registered at first use (`Some(None)` if it could not
@@ -253,6 +267,9 @@ impl GrantMapper for SimGrants {
                 op: "copy",
                 reason: "status slice length differs from ops",
             });
+        }
+        if self.fast_enabled.load(Ordering::Relaxed) && self.fast.copy(&self.conn, ops, status) {
+            return Ok(());
         }
         let mut buffer = self.shared_buffer();
         if let Some(buffer) = buffer.as_mut().and_then(Option::as_mut) {

@@ -8,6 +8,7 @@
 
 mod copybuf;
 mod evtchn;
+mod fastcopy;
 mod grant;
 mod hvm;
 mod memory;

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 
 use memmap2::MmapRaw;
@@ -17,6 +17,9 @@ use super::ConnId;
 pub(crate) const GNTTAB_FRAMES: usize = 32;
 /// Grant entries in the table.
 pub(crate) const GNTTAB_ENTRIES: u32 = (GNTTAB_FRAMES * PAGE_SIZE / 8) as u32;
+/// Bytes of a domain's active words: one per grant entry and a status word, in whole pages.
+pub(crate) const ACTIVE_BYTES: usize =
+    ((GNTTAB_ENTRIES as usize + 1) * 8).div_ceil(PAGE_SIZE) * PAGE_SIZE;
 /// Refs Linux keeps for the toolstack (console, xenstore); never handed out.
 const GNTTAB_RESERVED: u32 = 8;
 /// Most vCPUs of an HVM guest.
@@ -97,6 +100,9 @@ pub(crate) struct Domain {
     /// lock keeps the pages mapped even if the memory is grown and remapped meanwhile).
     pub(crate) memory: Option<(File, Arc<MmapRaw>)>,
     pub(crate) gnttab: Option<(File, MmapRaw)>,
+    /// The active words of the grant table (`crate::active`), shared with callers that copy
+    /// grants on their own threads.
+    pub(crate) active: Option<(File, MmapRaw)>,
     pub(crate) free_pages: std::collections::BTreeSet<u32>,
     pub(crate) free_refs: Vec<GrantRef>,
     /// Grants made through `GrantPages`: ref → frame.
@@ -135,6 +141,7 @@ impl Domain {
             mem_pages: 0,
             memory: None,
             gnttab: None,
+            active: None,
             free_pages: std::collections::BTreeSet::new(),
             free_refs: Vec::new(),
             granted: HashMap::new(),
@@ -155,12 +162,14 @@ impl Domain {
             &format!("xen-sim-d{domid}-gnttab"),
             GNTTAB_FRAMES * PAGE_SIZE,
         )?;
+        let active = memfd(&format!("xen-sim-d{domid}-active"), ACTIVE_BYTES)?;
         Ok(Self {
             name: config.name.clone(),
             token: random_token(),
             mem_pages: config.mem_pages,
             memory: Some((memory.0, Arc::new(memory.1))),
             gnttab: Some(gnttab),
+            active: Some(active),
             free_pages: (0..config.mem_pages).collect(),
             free_refs: (GNTTAB_RESERVED..GNTTAB_ENTRIES).rev().collect(),
             granted: HashMap::new(),
@@ -243,6 +252,30 @@ impl Domain {
         Some(unsafe {
             AtomicU32::from_ptr(map.as_mut_ptr().add(gref as usize * 8 + 4).cast::<u32>())
         })
+    }
+
+    /// The active word of grant entry `gref` (`crate::active`), if in range.
+    pub(crate) fn active_word(&self, gref: GrantRef) -> Option<&AtomicU64> {
+        if gref >= GNTTAB_ENTRIES {
+            return None;
+        }
+        self.active_at(gref as usize)
+    }
+
+    /// The domain's status word (`crate::active::DEAD`).
+    pub(crate) fn status_word(&self) -> Option<&AtomicU64> {
+        self.active_at(GNTTAB_ENTRIES as usize)
+    }
+
+    fn active_at(&self, index: usize) -> Option<&AtomicU64> {
+        let (_, map) = self.active.as_ref()?;
+        if (index + 1) * 8 > map.len() {
+            return None;
+        }
+        // SAFETY: the word lies inside the mapping (checked), which is page-aligned so the
+        // word is 8-aligned, and lives as long as `self`. Other processes change it
+        // concurrently; all accesses are atomic.
+        Some(unsafe { AtomicU64::from_ptr(map.as_mut_ptr().add(index * 8).cast::<u64>()) })
     }
 
     /// The mapping of the domain's memory, to keep it alive across a copy.

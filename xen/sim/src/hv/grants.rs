@@ -5,15 +5,14 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
-use xen_abi::grant_table::{
-    status, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_TYPE_MASK, GTF_WRITING,
-};
+use xen_abi::grant_table::{status, GTF_PERMIT_ACCESS, GTF_READONLY};
 use xen_abi::{DomId, GrantRef, PAGE_SIZE};
 
 use serde_bytes::ByteBuf;
 
 use super::proto::{CopySegment, Reply};
 use super::{error, Answer, ConnId, MapRecord, State};
+use crate::active;
 
 fn grant_failure(status: i16, gref: GrantRef) -> Reply {
     Reply::GrantStatus { status, gref }
@@ -21,7 +20,9 @@ fn grant_failure(status: i16, gref: GrantRef) -> Reply {
 
 impl State {
     /// Pins one grant of `granter` for `grantee`: checks the entry and sets the in-use bits with
-    /// compare-and-swap, so a granter ending access concurrently sees it busy. Returns the frame.
+    /// compare-and-swap, so a granter ending access concurrently sees it busy, and marks the
+    /// hypervisor's pin in the grant's active word (under its lock, against callers copying on
+    /// their own threads). Returns the frame.
     pub(super) fn pin(
         &mut self,
         granter: DomId,
@@ -29,31 +30,34 @@ impl State {
         grantee: DomId,
         writable: bool,
     ) -> Result<u32, i16> {
-        let dom = self.domains.get_mut(&granter).ok_or(status::BAD_DOMAIN)?;
-        let word = dom.grant_word(gref).ok_or(status::BAD_GNTREF)?;
-        let mut current = word.load(Ordering::Acquire);
-        loop {
-            let flags = (current & 0xffff) as u16;
-            let domid = (current >> 16) as u16;
-            if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS || domid != grantee {
-                return Err(status::GENERAL_ERROR);
+        let State {
+            domains,
+            copy_slots,
+            ..
+        } = self;
+        let dom = domains.get_mut(&granter).ok_or(status::BAD_DOMAIN)?;
+        let frame = {
+            let (Some(entry), Some(frame), Some(word)) = (
+                dom.grant_word(gref),
+                dom.grant_frame(gref),
+                dom.active_word(gref),
+            ) else {
+                return Err(status::BAD_GNTREF);
+            };
+            let value = active::lock(word, active::HV_HOLDER, &mut |h| copy_slots.abandoned(h));
+            if let Err(refused) = active::claim(entry, grantee, writable) {
+                active::unlock(word, value);
+                return Err(refused);
             }
-            if writable && flags & GTF_READONLY != 0 {
-                return Err(status::GENERAL_ERROR);
-            }
-            let set = GTF_READING | if writable { GTF_WRITING } else { 0 };
-            let new = current | u32::from(set);
-            match word.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
-        }
-        // The frame is read after the flags (the granter writes frame, then flags, with a
-        // barrier between).
-        let frame = dom
-            .grant_frame(gref)
-            .map(|f| f.load(Ordering::Acquire))
-            .ok_or(status::BAD_GNTREF)?;
+            // This pin makes at least one reader (and one writer if writable).
+            active::unlock(
+                word,
+                active::with_hv_pins(value, 1, u32::from(writable)) | value,
+            );
+            // The frame is read after the flags (the granter writes frame, then flags, with a
+            // barrier between).
+            frame.load(Ordering::Acquire)
+        };
         let pin = dom.pins.entry(gref).ok_or(status::BAD_GNTREF)?;
         pin.readers += 1;
         if writable {
@@ -66,10 +70,15 @@ impl State {
         Ok(frame)
     }
 
-    /// Drops one pin; clears `GTF_writing`/`GTF_reading` when their counts reach zero, and
+    /// Drops one pin; clears `GTF_writing`/`GTF_reading` when nobody holds them any more, and
     /// finishes a deferred end-access.
     pub(super) fn unpin(&mut self, granter: DomId, gref: GrantRef, writable: bool) {
-        let Some(dom) = self.domains.get_mut(&granter) else {
+        let State {
+            domains,
+            copy_slots,
+            ..
+        } = self;
+        let Some(dom) = domains.get_mut(&granter) else {
             return;
         };
         let Some(pin) = dom.pins.pinned(gref) else {
@@ -79,18 +88,16 @@ impl State {
         if writable {
             pin.writers = pin.writers.saturating_sub(1);
         }
-        let mut clear = 0u16;
-        if pin.writers == 0 {
-            clear |= GTF_WRITING;
-        }
-        if pin.readers == 0 {
-            clear |= GTF_READING;
-        }
-        if let Some(word) = dom.grant_word(gref) {
-            word.fetch_and(!u32::from(clear), Ordering::AcqRel);
-        }
-        if clear & GTF_READING != 0 && dom.deferred_end.remove(&gref) {
-            let _ = self.end_one(granter, gref);
+        let (readers, writers) = (pin.readers, pin.writers);
+        let (Some(entry), Some(word)) = (dom.grant_word(gref), dom.active_word(gref)) else {
+            return;
+        };
+        let value = active::lock(word, active::HV_HOLDER, &mut |h| copy_slots.abandoned(h));
+        let value = active::with_hv_pins(value, readers, writers);
+        active::release_unheld(entry, value);
+        active::unlock(word, value);
+        if !active::reading_held(value) && dom.deferred_end.contains(&gref) {
+            self.end_one(granter, gref);
         }
     }
 
@@ -327,29 +334,41 @@ impl State {
         Reply::Granted { refs, frames }
     }
 
-    /// Ends access to one grant: fails (busy) while mapped or being copied.
-    fn end_one(&mut self, granter: DomId, gref: GrantRef) -> Result<(), ()> {
-        let Some(dom) = self.domains.get_mut(&granter) else {
-            return Ok(());
+    /// Ends access to one grant and frees its page; false (busy) while it is mapped or being
+    /// copied, which defers it: it is finished when the last pin goes.
+    pub(crate) fn end_one(&mut self, granter: DomId, gref: GrantRef) -> bool {
+        let State {
+            domains,
+            copy_slots,
+            ..
+        } = self;
+        let Some(dom) = domains.get_mut(&granter) else {
+            return true;
         };
-        let Some(word) = dom.grant_word(gref) else {
-            return Ok(());
+        let ended = {
+            let (Some(entry), Some(word)) = (dom.grant_word(gref), dom.active_word(gref)) else {
+                return true;
+            };
+            let value = active::lock(word, active::HV_HOLDER, &mut |h| copy_slots.abandoned(h));
+            let ended = active::end_entry(entry);
+            let value = if ended {
+                value & !active::DEFERRED
+            } else {
+                value | active::DEFERRED
+            };
+            active::unlock(word, value);
+            ended
         };
-        let mut current = word.load(Ordering::Acquire);
-        loop {
-            if (current & 0xffff) as u16 & (GTF_READING | GTF_WRITING) != 0 {
-                return Err(());
-            }
-            match word.compare_exchange(current, 0, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
+        if !ended {
+            dom.deferred_end.insert(gref);
+            return false;
         }
+        dom.deferred_end.remove(&gref);
         if let Some(frame) = dom.granted.remove(&gref) {
             dom.free_pages.insert(frame);
             dom.free_refs.push(gref);
         }
-        Ok(())
+        true
     }
 
     pub(crate) fn end_access(&mut self, granter: DomId, refs: &[GrantRef]) -> Reply {
@@ -365,10 +384,7 @@ impl State {
                     format!("grant {gref} was not made through this host"),
                 );
             }
-            if self.end_one(granter, gref).is_err() {
-                if let Some(d) = self.domains.get_mut(&granter) {
-                    d.deferred_end.insert(gref);
-                }
+            if !self.end_one(granter, gref) {
                 deferred.push(gref);
             }
         }

@@ -13,6 +13,7 @@
 mod copybuf;
 mod domain;
 mod evtchn;
+mod fastcopy;
 mod grants;
 mod hvm;
 pub mod proto;
@@ -67,6 +68,8 @@ pub(crate) struct State {
     next_domid: DomId,
     next_conn: ConnId,
     pub(crate) next_handle: u64,
+    /// Copy slots of callers that copy grants on their own threads.
+    pub(crate) copy_slots: fastcopy::CopySlots,
 }
 
 /// What a request produced: a reply, descriptors to pass, and follow-up work outside the lock.
@@ -128,6 +131,7 @@ impl Hypervisor {
                 next_domid: 1,
                 next_conn: 1,
                 next_handle: 1,
+                copy_slots: fastcopy::CopySlots::default(),
             }),
             xenstored,
             copy_work: CopyWork::default(),
@@ -458,6 +462,7 @@ impl State {
         for (_, map) in c.maps {
             self.release_map(c.domid, &map);
         }
+        self.release_copy_slots(conn);
         let owned: Vec<(DomId, u32)> = self
             .domains
             .iter()
@@ -506,6 +511,7 @@ impl State {
         for port in ports {
             self.close_port(domid, port);
         }
+        self.mark_dead(domid);
         self.domains.remove(&domid);
         true
     }
@@ -513,6 +519,12 @@ impl State {
     fn handle_domain_request(&mut self, conn: ConnId, domid: DomId, request: Request) -> Answer {
         match request {
             Request::OwnMemory => self.own_memory(domid),
+            Request::AcquireCopySlot => self.acquire_copy_slot(conn),
+            Request::OpenGrantCopy { domid: granter } => self.open_grant_copy(granter),
+            Request::FinishDeferredEnd {
+                domid: granter,
+                gref,
+            } => self.finish_deferred_end(granter, gref).into(),
             Request::MapGrants {
                 granter,
                 refs,

@@ -248,6 +248,22 @@ pub enum Request {
         /// The segments.
         segments: Vec<BufferedSegment>,
     },
+    /// A copy slot for grant copies on the caller's thread (`crate::active`); the records'
+    /// descriptor comes with the reply.
+    AcquireCopySlot,
+    /// A granter's memory, grant table and active words, for grant copies on the caller's
+    /// thread (their descriptors come with the reply, in that order).
+    OpenGrantCopy {
+        /// The granting domain.
+        domid: DomId,
+    },
+    /// The caller dropped the last pin of a grant whose end-access was deferred.
+    FinishDeferredEnd {
+        /// The granting domain.
+        domid: DomId,
+        /// The grant.
+        gref: GrantRef,
+    },
     /// Allocate pages of our memory and grant them to `remote` (the guest kernel's job).
     GrantPages {
         /// The grantee.
@@ -438,6 +454,16 @@ pub enum Reply {
     CopiedBuffered {
         /// Status per segment.
         status: Vec<i16>,
+    },
+    /// `AcquireCopySlot`: the slot's number (its record is word `slot` of the descriptor).
+    CopySlot {
+        /// The slot.
+        slot: u32,
+    },
+    /// `OpenGrantCopy`: the descriptors are attached.
+    GrantCopyDomain {
+        /// Entries in the grant table.
+        gnttab_entries: u32,
     },
     /// Pages granted.
     Granted {
