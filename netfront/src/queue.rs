@@ -176,6 +176,10 @@ pub(crate) fn run_queue<P, E>(
     }
     q.post_rx();
     let mut events = [EpollEvent::empty(); 3];
+    // The TAP queue leaves the epoll set while no frame can be taken from it (no ring room or
+    // buffers: Linux netfront stops its transmit queue), or a frame waiting there would wake
+    // the loop again at once; the backend's responses bring it back.
+    let mut tap_stopped = false;
     loop {
         let wait = if q.tx_pending.is_some() {
             Duration::from_millis(2)
@@ -205,6 +209,19 @@ pub(crate) fn run_queue<P, E>(
             break;
         }
         q.tx_send();
+        let stop_tap = q.tx_blocked();
+        if stop_tap != tap_stopped {
+            let flags = if stop_tap {
+                EpollFlags::empty()
+            } else {
+                EpollFlags::EPOLLIN
+            };
+            // SAFETY: the TAP queue belongs to `q`, which outlives `epoll`.
+            let fd = unsafe { BorrowedFd::borrow_raw(q.tap.as_raw_fd()) };
+            if epoll.modify(fd, &mut EpollEvent::new(flags, 1)).is_ok() {
+                tap_stopped = stop_tap;
+            }
+        }
         for p in fired {
             let _ = q.parts.evtchn.unmask(p);
         }
@@ -273,6 +290,12 @@ impl<P: GrantedPages, E: EventChannel> Queue<P, E> {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether no frame can be taken from the TAP device until the backend answers: one waits
+    /// for ring room, or too few buffers are free for the largest frame.
+    fn tx_blocked(&self) -> bool {
+        self.tx_pending.is_some() || self.tx_free.len() < MAX_FRAME_PAGES
     }
 
     /// Sends frames from the TAP device while buffers and slots last.
