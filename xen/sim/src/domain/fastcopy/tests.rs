@@ -33,6 +33,19 @@ async fn setup(name: &str) -> Setup {
     Setup { host, a, b, dir }
 }
 
+/// One page of domain a granted to b.
+fn grant(s: &Setup, writable: bool) -> crate::domain::SimGrantedPages {
+    s.a.grants()
+        .unwrap()
+        .grant_pages(s.b.domid, 1, writable)
+        .unwrap()
+}
+
+/// A caller in domain b: its own hypervisor connection and copier.
+fn copier(s: &Setup) -> (HvConn, FastCopy) {
+    (HvConn::open(&s.b, false).unwrap(), FastCopy::new(s.b.domid))
+}
+
 fn flags(s: &Setup, gref: GrantRef) -> u16 {
     s.a.memory().unwrap().grant_entry(gref).unwrap().flags
 }
@@ -49,14 +62,9 @@ fn wait_ended(s: &Setup, gref: GrantRef) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_end_access_deferred_by_a_copy_is_finished_when_the_copy_unpins() {
     let s = setup("defer").await;
-    let pages =
-        s.a.grants()
-            .unwrap()
-            .grant_pages(s.b.domid, 1, true)
-            .unwrap();
+    let pages = grant(&s, true);
     let gref = pages.refs()[0];
-    let conn = HvConn::open(&s.b, false).unwrap();
-    let fast = FastCopy::new(s.b.domid);
+    let (conn, fast) = copier(&s);
     let records = fast.records_map(&conn).unwrap();
     let guard = fast.slot(&conn, &records).unwrap();
     let granter = fast.granter(&conn, s.a.domid()).unwrap();
@@ -87,12 +95,10 @@ async fn an_end_access_deferred_by_a_copy_is_finished_when_the_copy_unpins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copier_that_dies_holding_a_pin_or_a_lock_is_cleaned_up() {
     let s = setup("dead").await;
-    let ga = s.a.grants().unwrap();
     for hold_lock in [false, true] {
-        let mut pages = Some(ga.grant_pages(s.b.domid, 1, false).unwrap());
+        let mut pages = Some(grant(&s, false));
         let gref = pages.as_ref().unwrap().refs()[0];
-        let conn = HvConn::open(&s.b, false).unwrap();
-        let fast = FastCopy::new(s.b.domid);
+        let (conn, fast) = copier(&s);
         let records = fast.records_map(&conn).unwrap();
         let guard = fast.slot(&conn, &records).unwrap();
         let granter = fast.granter(&conn, s.a.domid()).unwrap();
@@ -128,9 +134,8 @@ async fn a_copier_that_dies_holding_a_pin_or_a_lock_is_cleaned_up() {
         }
         wait_ended(&s, gref);
         // The slot went back to the host: a new caller copies the same way.
-        let fresh = ga.grant_pages(s.b.domid, 1, true).unwrap();
-        let conn = HvConn::open(&s.b, false).unwrap();
-        let fast = FastCopy::new(s.b.domid);
+        let fresh = grant(&s, true);
+        let (conn, fast) = copier(&s);
         let mut ops = [CopyOp::ToGrant {
             src: b"after",
             dst: xen_grant::GrantPtr {
@@ -152,14 +157,9 @@ async fn a_copier_that_dies_holding_a_pin_or_a_lock_is_cleaned_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destroyed_granter_refuses_copies() {
     let s = setup("gone").await;
-    let pages =
-        s.a.grants()
-            .unwrap()
-            .grant_pages(s.b.domid, 1, true)
-            .unwrap();
+    let pages = grant(&s, true);
     let gref = pages.refs()[0];
-    let conn = HvConn::open(&s.b, false).unwrap();
-    let fast = FastCopy::new(s.b.domid);
+    let (conn, fast) = copier(&s);
     let mut buf = [0u8; 8];
     let ptr = xen_grant::GrantPtr {
         domid: s.a.domid(),
