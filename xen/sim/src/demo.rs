@@ -5,6 +5,7 @@
 //! The two guest roles are also what the end-to-end tests drive: the *granter* grants one
 //! writable and one read-only page and offers an unbound port; the *mapper* maps them, checks
 //! that the read-only grant refuses writes, answers through the shared page and binds the port.
+//! A third role, the *copier*, only grant-copies from the granter's page until it is killed.
 
 use std::io::Write;
 use std::path::Path;
@@ -37,6 +38,9 @@ pub enum Role {
     Granter,
     /// Maps the grants and binds the port.
     Mapper,
+    /// Grant-copies from the granter's writable page without pause until killed (for the
+    /// tests of a copier that dies mid-copy).
+    Copier,
 }
 
 type Error = String;
@@ -253,8 +257,50 @@ pub async fn run_guest(
             drop(ro);
             evtchn.notify(local).map_err(err("notify"))?;
         }
+        Role::Copier => copy_until_killed(&xs, &grants, peer).await?,
     }
     Ok(())
+}
+
+/// The copier's part: copies the granter's writable page into a buffer, 64 times per batch,
+/// batch after batch, and says so in `data/copying` once the first batch is done.
+async fn copy_until_killed(
+    xs: &Xs,
+    grants: &crate::domain::SimGrants,
+    peer: DomId,
+) -> Result<(), Error> {
+    let base = format!("/local/domain/{peer}/data/demo");
+    wait_for_key(xs, &format!("{base}/ready")).await?;
+    let rw_ref: u32 = parse(
+        &xs.read(&format!("{base}/rw-ref"))
+            .await
+            .map_err(err("read"))?,
+        "rw-ref",
+    )?;
+    let mut buffers = vec![[0u8; xen_abi::PAGE_SIZE]; 64];
+    let mut announced = false;
+    loop {
+        let mut ops: Vec<xen_grant::CopyOp<'_>> = buffers
+            .iter_mut()
+            .map(|b| xen_grant::CopyOp::FromGrant {
+                src: xen_grant::GrantPtr {
+                    domid: peer,
+                    gref: rw_ref,
+                    offset: 0,
+                },
+                dst: b,
+            })
+            .collect();
+        let mut st = vec![status::GENERAL_ERROR; ops.len()];
+        grants.copy(&mut ops, &mut st).map_err(err("copy"))?;
+        if st.iter().any(|&s| s != status::OKAY) {
+            return Err(format!("grant copy refused: {st:?}"));
+        }
+        if !announced {
+            xs.write("data/copying", b"1").await.map_err(err("write"))?;
+            announced = true;
+        }
+    }
 }
 
 /// Starts a host in `run_dir`, runs the two guests as processes of `exe demo-guest`, and

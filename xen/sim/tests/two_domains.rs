@@ -182,3 +182,56 @@ async fn killing_a_domain_process_is_cleaned_up_by_the_host() {
     assert_eq!(hv.domains().len(), 2, "dom0 and the other domain");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copier_killed_mid_copy_leaves_no_pin() {
+    let dir = run_dir("copykill");
+    let host = Host::start(&dir).await.unwrap();
+    let hv = host.hypervisor().clone();
+    let xs = host.xenstored().dom0_client().unwrap();
+    let granter = host.create_domain("granter", 64).unwrap();
+    let copier = host.create_domain("copier", 64).unwrap();
+    let (g, c) = (granter.domid, copier.domid);
+    let spawn = |creds: &xen_sim::Credentials, role: &str, peer: u16| {
+        let mut cmd = Host::command(creds, env!("CARGO_BIN_EXE_xensim"));
+        cmd.args([
+            "demo-guest",
+            "--role",
+            role,
+            "--peer",
+            &peer.to_string(),
+            "--hold",
+        ]);
+        cmd.stdout(Stdio::null()).kill_on_drop(true);
+        cmd.spawn().unwrap()
+    };
+    let _granter_proc = spawn(&granter, "granter", c);
+    let mut copier_proc = spawn(&copier, "copier", g);
+    let copying = format!("/local/domain/{c}/data/copying");
+    for _ in 0..1000 {
+        if xs.exists(&copying).await.unwrap() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(xs.exists(&copying).await.unwrap(), "the copier copies");
+    let rw_ref: u32 = xs
+        .read_string(&format!("/local/domain/{g}/data/demo/rw-ref"))
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Killed while it copies (most of its time is spent holding the grant).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    copier_proc.kill().await.unwrap();
+    eventually("the copier domain to go", || {
+        hv.domains().iter().all(|d| d.domid != c)
+    })
+    .await;
+    eventually("the grant to be free", || {
+        hv.grant_in_use(g, rw_ref) == Some(false)
+    })
+    .await;
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
