@@ -40,13 +40,18 @@ impl FrameBuf {
     /// A buffer of `len` bytes: from `grants`' copy memory if `len` is large enough to be
     /// worth it and some is free, else zeroed on the heap.
     pub fn new<G: GrantMapper + ?Sized>(grants: &G, len: usize) -> Self {
-        if len >= COPY_BUFFER_MIN {
-            if let Some(mut buf) = grants.copy_buffer(FRAME_START + len) {
-                buf.set_len(FRAME_START + len);
-                return Self::Copy(buf);
-            }
+        Self::in_copy_buffer(grants, len).unwrap_or_else(|| Self::Heap(vec![0; len]))
+    }
+
+    /// A buffer of `len` bytes in `grants`' copy memory, if `len` is large enough to be worth
+    /// it and some is free.
+    pub fn in_copy_buffer<G: GrantMapper + ?Sized>(grants: &G, len: usize) -> Option<Self> {
+        if len < COPY_BUFFER_MIN {
+            return None;
         }
-        Self::Heap(vec![0; len])
+        let mut buf = grants.copy_buffer(FRAME_START + len)?;
+        buf.set_len(FRAME_START + len);
+        Some(Self::Copy(buf))
     }
 
     /// Whether it is a copy buffer.

@@ -15,7 +15,7 @@ use xen_netif::tx::{parse_tx, TxDrop, TxItem, TxPacket, TxVerdict};
 use xen_netif::vnet::{virtio_gso_type, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM, VNET_HDR_LEN};
 use zerocopy::IntoBytes;
 
-use crate::framebuf::{FrameBuf, COPY_BUFFER_MIN};
+use crate::framebuf::FrameBuf;
 use crate::queue::{Fatal, Worker};
 use crate::rx::{rx_copy_ops, RxBatch};
 use crate::stats::{add, bump, set};
@@ -169,8 +169,11 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
                 let len = VNET_HDR_LEN + p.len;
                 let mut buf = match self.tx_spare.pop() {
                     // A large packet's bytes go to copy memory if the mapper has some.
-                    Some(spare) if spare.is_copy() || len < COPY_BUFFER_MIN => spare,
-                    _ => FrameBuf::new(&*self.grants, len),
+                    Some(spare) if !spare.is_copy() => {
+                        FrameBuf::in_copy_buffer(&*self.grants, len).unwrap_or(spare)
+                    }
+                    Some(spare) => spare,
+                    None => FrameBuf::new(&*self.grants, len),
                 };
                 buf.set_len(len);
                 buf
