@@ -87,6 +87,16 @@ fn parse<T: std::str::FromStr>(bytes: &[u8], what: &str) -> Result<T, Error> {
         .ok_or_else(|| format!("bad {what}"))
 }
 
+/// Reads key `key` of the granter's demo directory `base`.
+async fn read_key<T: std::str::FromStr>(xs: &Xs, base: &str, key: &str) -> Result<T, Error> {
+    parse(
+        &xs.read(&format!("{base}/{key}"))
+            .await
+            .map_err(err("read"))?,
+        key,
+    )
+}
+
 /// Runs one guest role inside the domain named by `XEN_SIM`. With `hold`, the guest stays up
 /// (with its grants, mappings and port live) until killed.
 pub async fn run_guest(
@@ -178,24 +188,9 @@ pub async fn run_guest(
         Role::Mapper => {
             let base = format!("/local/domain/{peer}/data/demo");
             wait_for_key(&xs, &format!("{base}/ready")).await?;
-            let rw_ref: u32 = parse(
-                &xs.read(&format!("{base}/rw-ref"))
-                    .await
-                    .map_err(err("read"))?,
-                "rw-ref",
-            )?;
-            let ro_ref: u32 = parse(
-                &xs.read(&format!("{base}/ro-ref"))
-                    .await
-                    .map_err(err("read"))?,
-                "ro-ref",
-            )?;
-            let port: u32 = parse(
-                &xs.read(&format!("{base}/port"))
-                    .await
-                    .map_err(err("read"))?,
-                "port",
-            )?;
+            let rw_ref: u32 = read_key(&xs, &base, "rw-ref").await?;
+            let ro_ref: u32 = read_key(&xs, &base, "ro-ref").await?;
+            let port: u32 = read_key(&xs, &base, "port").await?;
             let rw = grants
                 .map(peer, &[rw_ref], true)
                 .map_err(err("map rw grant"))?;
@@ -271,12 +266,7 @@ async fn copy_until_killed(
 ) -> Result<(), Error> {
     let base = format!("/local/domain/{peer}/data/demo");
     wait_for_key(xs, &format!("{base}/ready")).await?;
-    let rw_ref: u32 = parse(
-        &xs.read(&format!("{base}/rw-ref"))
-            .await
-            .map_err(err("read"))?,
-        "rw-ref",
-    )?;
+    let rw_ref: u32 = read_key(xs, &base, "rw-ref").await?;
     let mut buffers = vec![[0u8; xen_abi::PAGE_SIZE]; 64];
     let mut announced = false;
     loop {

@@ -23,6 +23,21 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Starts `xensim demo-guest` in the domain of `creds`, holding its state until killed.
+fn spawn_guest(creds: &xen_sim::Credentials, role: &str, peer: u16) -> tokio::process::Child {
+    let mut cmd = Host::command(creds, env!("CARGO_BIN_EXE_xensim"));
+    cmd.args([
+        "demo-guest",
+        "--role",
+        role,
+        "--peer",
+        &peer.to_string(),
+        "--hold",
+    ]);
+    cmd.stdout(Stdio::null()).kill_on_drop(true);
+    cmd.spawn().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_guests_share_a_page_and_events_both_ways() {
     let dir = run_dir("demo");
@@ -58,21 +73,8 @@ async fn killing_a_domain_process_is_cleaned_up_by_the_host() {
     let mut release = xs.watch("@releaseDomain").await.unwrap();
     release.next().await.unwrap();
 
-    let spawn = |creds: &xen_sim::Credentials, role: &str, peer: u16| {
-        let mut cmd = Host::command(creds, env!("CARGO_BIN_EXE_xensim"));
-        cmd.args([
-            "demo-guest",
-            "--role",
-            role,
-            "--peer",
-            &peer.to_string(),
-            "--hold",
-        ]);
-        cmd.stdout(Stdio::null()).kill_on_drop(true);
-        cmd.spawn().unwrap()
-    };
-    let mut granter_proc = spawn(&granter, "granter", m);
-    let mut mapper_proc = spawn(&mapper, "mapper", g);
+    let mut granter_proc = spawn_guest(&granter, "granter", m);
+    let mut mapper_proc = spawn_guest(&mapper, "mapper", g);
 
     // The mapper holds its mappings and its bound port.
     let holding = format!("/local/domain/{m}/data/holding");
@@ -192,29 +194,24 @@ async fn a_copier_killed_mid_copy_leaves_no_pin() {
     let granter = host.create_domain("granter", 64).unwrap();
     let copier = host.create_domain("copier", 64).unwrap();
     let (g, c) = (granter.domid, copier.domid);
-    let spawn = |creds: &xen_sim::Credentials, role: &str, peer: u16| {
-        let mut cmd = Host::command(creds, env!("CARGO_BIN_EXE_xensim"));
-        cmd.args([
-            "demo-guest",
-            "--role",
-            role,
-            "--peer",
-            &peer.to_string(),
-            "--hold",
-        ]);
-        cmd.stdout(Stdio::null()).kill_on_drop(true);
-        cmd.spawn().unwrap()
-    };
-    let _granter_proc = spawn(&granter, "granter", c);
-    let mut copier_proc = spawn(&copier, "copier", g);
-    let copying = format!("/local/domain/{c}/data/copying");
-    for _ in 0..1000 {
-        if xs.exists(&copying).await.unwrap() {
-            break;
+    let _granter_proc = spawn_guest(&granter, "granter", c);
+    let mut copier_proc = spawn_guest(&copier, "copier", g);
+    let copying = xs
+        .watch(&format!("/local/domain/{c}/data/copying"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut copying = copying;
+        while !xs
+            .exists(&format!("/local/domain/{c}/data/copying"))
+            .await
+            .unwrap()
+        {
+            copying.next().await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(xs.exists(&copying).await.unwrap(), "the copier copies");
+    })
+    .await
+    .expect("the copier copies");
     let rw_ref: u32 = xs
         .read_string(&format!("/local/domain/{g}/data/demo/rw-ref"))
         .await
