@@ -80,24 +80,26 @@ impl Granter {
         word.load(Ordering::Acquire) & active::DEAD != 0
     }
 
-    /// Page `frame` of the memory and the mapping that keeps it, if the memory has it.
-    fn page(&self, frame: u32) -> Option<(Arc<MmapRaw>, *mut u8)> {
+    /// The memory as mapped now.
+    fn memory(&self) -> Arc<MmapRaw> {
+        Arc::clone(&*self.memory.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Page `frame` of the memory, if it has it, within `map` (a mapping of it a caller keeps
+    /// for a batch), which is replaced by a new mapping if the memory grew past it.
+    fn page(&self, map: &mut Arc<MmapRaw>, frame: u32) -> Option<*mut u8> {
         let at = frame as usize * PAGE_SIZE;
-        let current = Arc::clone(&*self.memory.read().unwrap_or_else(|e| e.into_inner()));
-        let map = if at + PAGE_SIZE <= current.len() {
-            current
-        } else {
+        if at + PAGE_SIZE > map.len() {
             // The domain may have grown since we mapped it.
             let grown = Arc::new(MmapOptions::new().map_raw(&self.memory_file).ok()?);
             *self.memory.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&grown);
-            grown
-        };
+            *map = grown;
+        }
         if at + PAGE_SIZE > map.len() {
             return None;
         }
-        // SAFETY: the page lies inside the mapping (checked), which the returned Arc keeps.
-        let page = unsafe { map.as_mut_ptr().add(at) };
-        Some((map, page))
+        // SAFETY: the page lies inside the mapping (checked), which `map` keeps.
+        Some(unsafe { map.as_mut_ptr().add(at) })
     }
 }
 
@@ -152,8 +154,8 @@ impl FastCopy {
         };
         let started = std::time::Instant::now();
         let mut moved = 0;
-        // The granter of the previous segment (a batch mostly has one).
-        let mut last: Option<(DomId, Arc<Granter>)> = None;
+        // The granter of the previous segment and its memory (a batch mostly has one).
+        let mut last: Option<(DomId, Arc<Granter>, Arc<MmapRaw>)> = None;
         for (op, result) in ops.iter_mut().zip(status.iter_mut()) {
             let domid = op.grant().domid;
             if usize::from(op.grant().offset) + op.len() > PAGE_SIZE {
@@ -161,13 +163,16 @@ impl FastCopy {
                 continue;
             }
             let granter = match last.take() {
-                Some((d, g)) if d == domid && !g.dead() => Ok(g),
-                _ => self.granter(conn, domid),
+                Some((d, g, m)) if d == domid && !g.dead() => Ok((g, m)),
+                _ => self.granter(conn, domid).map(|g| {
+                    let m = g.memory();
+                    (g, m)
+                }),
             };
             *result = match granter {
-                Ok(granter) => {
-                    let r = self.copy_one(conn, &guard, &granter, op);
-                    last = Some((domid, granter));
+                Ok((granter, mut memory)) => {
+                    let r = self.copy_one(conn, &guard, &granter, &mut memory, op);
+                    last = Some((domid, granter, memory));
                     r
                 }
                 Err(refused) => refused,
@@ -211,11 +216,16 @@ impl FastCopy {
             }
         };
         if records.is_none() {
-            let fd = fds.into_iter().next()?;
-            let map = MmapRaw::map_raw(fd.as_raw_fd()).ok()?;
-            if map.len() < active::COPY_SLOTS as usize * 8 {
+            let map = fds
+                .into_iter()
+                .next()
+                .and_then(|fd| MmapRaw::map_raw(fd.as_raw_fd()).ok())
+                .filter(|map| map.len() >= active::COPY_SLOTS as usize * 8);
+            let Some(map) = map else {
+                // Unusable records: do not ask again (the slot goes back when we close).
+                self.no_slots.store(true, Ordering::Relaxed);
                 return None;
-            }
+            };
             *records = Some(Arc::new(map));
         }
         Some(slot)
@@ -275,6 +285,7 @@ impl FastCopy {
         conn: &HvConn,
         guard: &SlotGuard<'_>,
         granter: &Granter,
+        memory: &mut Arc<MmapRaw>,
         op: &mut CopyOp<'_>,
     ) -> i16 {
         let g = op.grant();
@@ -287,11 +298,11 @@ impl FastCopy {
             Ok(pin) => pin,
             Err(refused) => return refused,
         };
-        let result = match granter.page(pin.frame) {
-            Some((_keep, page)) => {
+        let result = match granter.page(memory, pin.frame) {
+            Some(page) => {
                 let remote = page.wrapping_add(usize::from(g.offset));
                 // SAFETY: `remote..remote + len` lies within one page of the granter's memory
-                // (offset + len <= PAGE_SIZE, checked), kept mapped by `_keep`; the local
+                // (offset + len <= PAGE_SIZE, checked), kept mapped by `memory`; the local
                 // side is the caller's slice of exactly `len` bytes. The granter may write
                 // its page concurrently, which can only yield arbitrary bytes.
                 unsafe {

@@ -183,3 +183,35 @@ async fn a_destroyed_granter_refuses_copies() {
         "a dead granter's memory is let go"
     );
 }
+
+#[test]
+fn a_frame_past_the_mapped_memory_is_found_once_the_memory_grew() {
+    let memfd = |pages: usize| {
+        let fd = nix::sys::memfd::memfd_create(
+            c"fastcopy-test",
+            nix::sys::memfd::MemFdCreateFlag::empty(),
+        )
+        .unwrap();
+        let file = File::from(fd);
+        file.set_len((pages * PAGE_SIZE) as u64).unwrap();
+        file
+    };
+    let memory = memfd(4);
+    let fds = vec![
+        OwnedFd::from(memory.try_clone().unwrap()),
+        OwnedFd::from(memfd(1)),
+        OwnedFd::from(memfd(1)),
+    ];
+    let granter = Granter::open(fds, 8).unwrap();
+    let mut map = granter.memory();
+    assert!(granter.page(&mut map, 3).is_some());
+    assert!(granter.page(&mut map, 4).is_none(), "beyond the memory");
+    memory.set_len((8 * PAGE_SIZE) as u64).unwrap();
+    let page = granter.page(&mut map, 6).expect("found after remapping");
+    assert!(map.len() >= 8 * PAGE_SIZE);
+    // SAFETY: a page of the mapping `map` keeps.
+    unsafe { page.write(0x42) };
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&memory, &mut byte, (6 * PAGE_SIZE) as u64).unwrap();
+    assert_eq!(byte, [0x42]);
+}
