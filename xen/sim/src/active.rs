@@ -103,6 +103,11 @@ fn writing_held(value: u64) -> bool {
     value & (WRITERS | HV_WRITE) != 0
 }
 
+/// `value` with one more hypervisor map pin (for reading, and writing if `writing`).
+pub(crate) fn with_hv_pin(value: u64, writing: bool) -> u64 {
+    value | HV_READ | if writing { HV_WRITE } else { 0 }
+}
+
 /// `value` with the hypervisor's map pins as its counts say.
 pub(crate) fn with_hv_pins(value: u64, readers: u32, writers: u32) -> u64 {
     let mut v = value & !(HV_READ | HV_WRITE);

@@ -280,6 +280,7 @@ impl FastCopy {
         }
     }
 
+    /// One segment, whose offset and length `copy` checked to lie within a page.
     fn copy_one(
         &self,
         conn: &HvConn,
@@ -290,9 +291,6 @@ impl FastCopy {
     ) -> i16 {
         let g = op.grant();
         let len = op.len();
-        if usize::from(g.offset) + len > PAGE_SIZE {
-            return status::BAD_COPY_ARG;
-        }
         let writing = matches!(op, CopyOp::ToGrant { .. });
         let pin = match self.pin(guard, granter, g.domid, g.gref, writing) {
             Ok(pin) => pin,
@@ -302,7 +300,7 @@ impl FastCopy {
             Some(page) => {
                 let remote = page.wrapping_add(usize::from(g.offset));
                 // SAFETY: `remote..remote + len` lies within one page of the granter's memory
-                // (offset + len <= PAGE_SIZE, checked), kept mapped by `memory`; the local
+                // (offset + len <= PAGE_SIZE, checked by `copy`), kept mapped by `memory`; the local
                 // side is the caller's slice of exactly `len` bytes. The granter may write
                 // its page concurrently, which can only yield arbitrary bytes.
                 unsafe {

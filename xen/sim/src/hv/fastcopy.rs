@@ -159,8 +159,8 @@ impl State {
         }
     }
 
-    /// `FinishDeferredEnd`: a caller dropped the last pin of a grant whose end-access was
-    /// deferred.
+    /// Finishes a deferred end-access of grant `gref` once its last pin is gone
+    /// (`FinishDeferredEnd`: a caller dropped it).
     pub(crate) fn finish_deferred_end(&mut self, granter: DomId, gref: GrantRef) -> Reply {
         let deferred = self
             .domains
@@ -174,7 +174,7 @@ impl State {
 
     /// Frees the copy slots of connection `conn`, undoing whatever a slot's record says its
     /// holder was doing when it stopped (killed between pinning and unpinning, or holding the
-    /// grant's lock).
+    /// grant's lock: a freed slot's lock is taken over).
     pub(crate) fn release_copy_slots(&mut self, conn: ConnId) {
         let slots: Vec<u32> = (0..COPY_SLOTS)
             .filter(|&s| {
@@ -189,34 +189,17 @@ impl State {
             if let Some(owner) = self.copy_slots.owners.get_mut(slot as usize) {
                 *owner = None;
             }
-            if let Some((granter, gref)) = pending {
-                self.undo_copy_pin(slot, granter, gref);
+            let Some((granter, gref)) = pending else {
+                continue;
+            };
+            let unused = self.with_active_word(granter, gref, |_, entry, value| {
+                let value = value & !active::slot_bits(slot, true);
+                active::release_unheld(entry, value);
+                (value, !active::reading_held(value))
+            });
+            if unused == Ok(true) {
+                self.finish_deferred_end(granter, gref);
             }
-        }
-    }
-
-    fn undo_copy_pin(&mut self, slot: u32, granter: DomId, gref: GrantRef) {
-        let State {
-            domains,
-            copy_slots,
-            ..
-        } = self;
-        let Some(dom) = domains.get(&granter) else {
-            return;
-        };
-        let (Some(entry), Some(word)) = (dom.grant_word(gref), dom.active_word(gref)) else {
-            return;
-        };
-        let dead = active::slot_holder(slot);
-        let value = active::lock(word, active::HV_HOLDER, &mut |h| {
-            h == dead || copy_slots.abandoned(h)
-        });
-        let value = value & !active::slot_bits(slot, true);
-        active::release_unheld(entry, value);
-        active::unlock(word, value);
-        let finish = !active::reading_held(value) && dom.deferred_end.contains(&gref);
-        if finish {
-            self.end_one(granter, gref);
         }
     }
 

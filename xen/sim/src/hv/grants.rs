@@ -3,7 +3,7 @@
 //! granting side's allocate and end-access.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use xen_abi::grant_table::{status, GTF_PERMIT_ACCESS, GTF_READONLY};
 use xen_abi::{DomId, GrantRef, PAGE_SIZE};
@@ -11,7 +11,7 @@ use xen_abi::{DomId, GrantRef, PAGE_SIZE};
 use serde_bytes::ByteBuf;
 
 use super::proto::{CopySegment, Reply};
-use super::{error, Answer, ConnId, MapRecord, State};
+use super::{error, Answer, ConnId, Domain, MapRecord, State};
 use crate::active;
 
 fn grant_failure(status: i16, gref: GrantRef) -> Reply {
@@ -19,6 +19,28 @@ fn grant_failure(status: i16, gref: GrantRef) -> Reply {
 }
 
 impl State {
+    /// Runs `change` on grant `gref` of `granter` with its active word locked by the
+    /// hypervisor: `change` gets the domain, the entry's `{flags, domid}` word and the active
+    /// word's value, and returns the value to store and a result. A lock held by a caller
+    /// whose process has exited (or whose slot was freed) is taken over.
+    pub(super) fn with_active_word<T>(
+        &self,
+        granter: DomId,
+        gref: GrantRef,
+        change: impl FnOnce(&Domain, &AtomicU32, u64) -> (u64, T),
+    ) -> Result<T, i16> {
+        let dom = self.domains.get(&granter).ok_or(status::BAD_DOMAIN)?;
+        let (Some(entry), Some(word)) = (dom.grant_word(gref), dom.active_word(gref)) else {
+            return Err(status::BAD_GNTREF);
+        };
+        let value = active::lock(word, active::HV_HOLDER, &mut |h| {
+            self.copy_slots.abandoned(h)
+        });
+        let (value, result) = change(dom, entry, value);
+        active::unlock(word, value);
+        Ok(result)
+    }
+
     /// Pins one grant of `granter` for `grantee`: checks the entry and sets the in-use bits with
     /// compare-and-swap, so a granter ending access concurrently sees it busy, and marks the
     /// hypervisor's pin in the grant's active word (under its lock, against callers copying on
@@ -30,34 +52,20 @@ impl State {
         grantee: DomId,
         writable: bool,
     ) -> Result<u32, i16> {
-        let State {
-            domains,
-            copy_slots,
-            ..
-        } = self;
-        let dom = domains.get_mut(&granter).ok_or(status::BAD_DOMAIN)?;
-        let frame = {
-            let (Some(entry), Some(frame), Some(word)) = (
-                dom.grant_word(gref),
-                dom.grant_frame(gref),
-                dom.active_word(gref),
-            ) else {
-                return Err(status::BAD_GNTREF);
-            };
-            let value = active::lock(word, active::HV_HOLDER, &mut |h| copy_slots.abandoned(h));
-            if let Err(refused) = active::claim(entry, grantee, writable) {
-                active::unlock(word, value);
-                return Err(refused);
+        let frame = self.with_active_word(granter, gref, |dom, entry, value| {
+            match active::claim(entry, grantee, writable) {
+                // The frame is read after the flags (the granter writes frame, then flags,
+                // with a barrier between); it shares the entry's bounds, so it exists.
+                Ok(()) => (
+                    active::with_hv_pin(value, writable),
+                    Ok(dom
+                        .grant_frame(gref)
+                        .map_or(u32::MAX, |f| f.load(Ordering::Acquire))),
+                ),
+                Err(refused) => (value, Err(refused)),
             }
-            // This pin makes at least one reader (and one writer if writable).
-            active::unlock(
-                word,
-                active::with_hv_pins(value, 1, u32::from(writable)) | value,
-            );
-            // The frame is read after the flags (the granter writes frame, then flags, with a
-            // barrier between).
-            frame.load(Ordering::Acquire)
-        };
+        })??;
+        let dom = self.domains.get_mut(&granter).ok_or(status::BAD_DOMAIN)?;
         let pin = dom.pins.entry(gref).ok_or(status::BAD_GNTREF)?;
         pin.readers += 1;
         if writable {
@@ -73,15 +81,11 @@ impl State {
     /// Drops one pin; clears `GTF_writing`/`GTF_reading` when nobody holds them any more, and
     /// finishes a deferred end-access.
     pub(super) fn unpin(&mut self, granter: DomId, gref: GrantRef, writable: bool) {
-        let State {
-            domains,
-            copy_slots,
-            ..
-        } = self;
-        let Some(dom) = domains.get_mut(&granter) else {
-            return;
-        };
-        let Some(pin) = dom.pins.pinned(gref) else {
+        let Some(pin) = self
+            .domains
+            .get_mut(&granter)
+            .and_then(|d| d.pins.pinned(gref))
+        else {
             return;
         };
         pin.readers = pin.readers.saturating_sub(1);
@@ -89,15 +93,13 @@ impl State {
             pin.writers = pin.writers.saturating_sub(1);
         }
         let (readers, writers) = (pin.readers, pin.writers);
-        let (Some(entry), Some(word)) = (dom.grant_word(gref), dom.active_word(gref)) else {
-            return;
-        };
-        let value = active::lock(word, active::HV_HOLDER, &mut |h| copy_slots.abandoned(h));
-        let value = active::with_hv_pins(value, readers, writers);
-        active::release_unheld(entry, value);
-        active::unlock(word, value);
-        if !active::reading_held(value) && dom.deferred_end.contains(&gref) {
-            self.end_one(granter, gref);
+        let unused = self.with_active_word(granter, gref, |_, entry, value| {
+            let value = active::with_hv_pins(value, readers, writers);
+            active::release_unheld(entry, value);
+            (value, !active::reading_held(value))
+        });
+        if unused == Ok(true) {
+            self.finish_deferred_end(granter, gref);
         }
     }
 
@@ -337,27 +339,17 @@ impl State {
     /// Ends access to one grant and frees its page; false (busy) while it is mapped or being
     /// copied, which defers it: it is finished when the last pin goes.
     pub(crate) fn end_one(&mut self, granter: DomId, gref: GrantRef) -> bool {
-        let State {
-            domains,
-            copy_slots,
-            ..
-        } = self;
-        let Some(dom) = domains.get_mut(&granter) else {
-            return true;
-        };
-        let ended = {
-            let (Some(entry), Some(word)) = (dom.grant_word(gref), dom.active_word(gref)) else {
-                return true;
-            };
-            let value = active::lock(word, active::HV_HOLDER, &mut |h| copy_slots.abandoned(h));
+        let ended = self.with_active_word(granter, gref, |_, entry, value| {
             let ended = active::end_entry(entry);
             let value = if ended {
                 value & !active::DEFERRED
             } else {
                 value | active::DEFERRED
             };
-            active::unlock(word, value);
-            ended
+            (value, ended)
+        });
+        let (Ok(ended), Some(dom)) = (ended, self.domains.get_mut(&granter)) else {
+            return true;
         };
         if !ended {
             dom.deferred_end.insert(gref);
