@@ -204,16 +204,17 @@ fn a_detached_vgpu_releases_its_framebuffer_and_its_slot_is_reused() {
     }
 }
 
-/// Holds the renderer on a fence, fills every client's queue with `per_client` equal fills,
-/// lets it go, and returns each client's pixels at the moment the first queue runs dry (while
-/// every queue was backlogged, so the shares are the scheduler's alone).
-fn shares(renderer: &Renderer, clients: &[Client], per_client: usize) -> Vec<u64> {
+/// Holds the renderer on a fence, fills every client's queue with `per_client` equal fills and
+/// a closing fence, lets it go, and returns each client's pixels at the moment the first queue
+/// runs dry (while every queue was backlogged, so the shares are the scheduler's alone). The
+/// closing fence that runs first takes the snapshot on the renderer's own thread, so nothing
+/// runs between the last fill and the reading however late this thread is scheduled.
+fn shares(clients: &[Client], per_client: usize) -> Vec<u64> {
     let gate = Arc::new(std::sync::Barrier::new(2));
     let g = Arc::clone(&gate);
     let (Some(first), true) = (clients.first(), per_client > 0) else {
         return Vec::new();
     };
-    let _ = renderer;
     first
         .submit(Op::Fence {
             done: Box::new(move || {
@@ -231,16 +232,26 @@ fn shares(renderer: &Renderer, clients: &[Client], per_client: usize) -> Vec<u64
         },
         color: 7,
     };
+    let all_counters: Arc<Vec<Arc<ClientCounters>>> =
+        Arc::new(clients.iter().map(|c| Arc::clone(&c.counters)).collect());
+    let (first_dry, snapshot) = std::sync::mpsc::sync_channel(clients.len());
     for c in clients {
         for _ in 0..per_client {
             c.submit(fill()).map_err(|e| e.1).unwrap();
         }
+        let counters = Arc::clone(&all_counters);
+        let tx = first_dry.clone();
+        c.submit(Op::Fence {
+            done: Box::new(move || {
+                let pixels = counters.iter().map(|k| k.snapshot().pixels).collect();
+                let _ = tx.try_send(pixels);
+            }),
+        })
+        .map_err(|e| e.1)
+        .unwrap();
     }
     gate.wait();
-    while clients.iter().all(|c| c.queued() > 0) {
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    clients.iter().map(|c| c.counters().pixels).collect()
+    snapshot.recv_timeout(Duration::from_secs(60)).unwrap()
 }
 
 #[test]
@@ -249,7 +260,7 @@ fn equal_weights_share_the_renderer_equally_and_weights_scale_shares() {
     let clients: Vec<Client> = (0..4)
         .map(|_| renderer.client(framebuffer(16), 1, 400))
         .collect();
-    let pixels = shares(&renderer, &clients, 300);
+    let pixels = shares(&clients, 300);
     let mean = pixels.iter().sum::<u64>() as f64 / 4.0;
     for p in &pixels {
         assert!((*p as f64 - mean).abs() / mean < 0.2, "{pixels:?}");
@@ -259,7 +270,7 @@ fn equal_weights_share_the_renderer_equally_and_weights_scale_shares() {
         renderer.client(framebuffer(16), 2, 400),
         renderer.client(framebuffer(16), 1, 400),
     ];
-    let pixels = shares(&renderer, &pair, 300);
+    let pixels = shares(&pair, 300);
     let ratio = pixels[0] as f64 / pixels[1] as f64;
     assert!((1.6..2.4).contains(&ratio), "weight 2 vs 1 got {ratio:.2}");
 }
