@@ -5,21 +5,27 @@
 //! read and check the frontend's keys against what we advertised, start one worker per queue,
 //! write the disk's geometry. Disconnect: stop the workers (in-flight I/O completes and is
 //! answered, every grant is unmapped, every port unbound).
+//!
+//! Online resize, as Linux blkback's `xen_vbd_resize`: the backing's size is checked at every
+//! health tick; a change is applied to the queues at once and, while connected, announced by
+//! writing `sectors` and re-writing `state` in one transaction (Linux blkfront re-reads the
+//! geometry when the backend's state is written again; Windows' XENVBD watches `sectors`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use xen_abi::blkif::{VDISK_READONLY, XEN_IO_PROTO_ABI_X86_32};
+use xen_abi::blkif::{VDISK_CDROM, VDISK_READONLY, XEN_IO_PROTO_ABI_X86_32};
 use xen_abi::{DomId, GrantRef, Port};
 use xen_backend::{DeviceDriver, XenbusDevice};
 use xen_blkif::{Abi, DiscardLimits, Limits};
+use xen_store::XenbusState;
 
 use crate::platform::Platform;
 use crate::stats::QueueStats;
 use crate::storage::raw::{RawDisk, RawOptions};
 use crate::storage::Disk;
-use crate::worker::{start_ring, RingHandle, RingSpec};
+use crate::worker::{start_ring, LiveSize, RingHandle, RingSpec};
 
 /// What this backend offers every frontend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +85,12 @@ pub(crate) struct Device<P: Platform> {
     devid: u32,
     disk: Option<Arc<RawDisk>>,
     limits: Option<Limits>,
+    /// The disk's size now, shared with the queues.
+    size: Option<LiveSize>,
+    /// The size last written to `sectors`.
+    announced: Option<u64>,
+    /// The frontend's `device-type` is `cdrom` (`info` then carries `VDISK_CDROM`).
+    cdrom: bool,
     queues: Vec<RingHandle>,
     registry: StatsRegistry,
 }
@@ -122,6 +134,9 @@ impl<P: Platform> Device<P> {
             devid,
             disk: None,
             limits: None,
+            size: None,
+            announced: None,
+            cdrom: false,
             queues: Vec::new(),
             registry,
         }
@@ -138,6 +153,12 @@ impl<P: Platform> Device<P> {
             .backend_key("mode")
             .await?
             .is_some_and(|m| m.starts_with('r'));
+        // As Linux blkback: the toolstack's `device-type` in the frontend directory says
+        // whether the guest should see a CD-ROM.
+        self.cdrom = dev
+            .frontend_key("device-type")
+            .await?
+            .is_some_and(|t| t == "cdrom");
         let sector_size = dev
             .backend_key("sector-size-hint")
             .await?
@@ -171,6 +192,7 @@ impl<P: Platform> Device<P> {
             barrier: self.config.barrier,
             discard,
         });
+        self.size = Some(LiveSize::new(info.sectors));
         self.disk = Some(Arc::new(disk));
         let c = Arc::clone(&self.config);
         let be = dev.be.clone();
@@ -209,14 +231,18 @@ impl<P: Platform> Device<P> {
             .map_err(|e| e.to_string())
     }
 
-    async fn write_geometry(&self, dev: &XenbusDevice) -> Result<(), String> {
-        let Some(limits) = self.limits else {
+    async fn write_geometry(&mut self, dev: &XenbusDevice) -> Result<(), String> {
+        let (Some(limits), Some(size)) = (self.limits, self.size.as_ref()) else {
             return Err("no disk".into());
         };
         let info = self.disk.as_ref().map(|d| d.info()).ok_or("no disk")?;
-        let flags = if limits.read_only { VDISK_READONLY } else { 0 };
+        let sectors = size.sectors();
+        let mut flags = if limits.read_only { VDISK_READONLY } else { 0 };
+        if self.cdrom {
+            flags |= VDISK_CDROM;
+        }
         for (k, v) in [
-            ("sectors", info.sectors.to_string()),
+            ("sectors", sectors.to_string()),
             ("info", flags.to_string()),
             ("sector-size", info.sector_size.to_string()),
             (
@@ -225,6 +251,88 @@ impl<P: Platform> Device<P> {
             ),
         ] {
             dev.write_backend_key(k, &v).await?;
+        }
+        self.announced = Some(sectors);
+        Ok(())
+    }
+
+    /// Notices a resized backing disk: the queues check requests against the new size from
+    /// their next pass, and a connected frontend is told.
+    async fn check_size(&mut self, dev: &XenbusDevice) {
+        let (Some(disk), Some(size)) = (self.disk.as_ref(), self.size.as_ref()) else {
+            return;
+        };
+        match disk.sectors_now() {
+            Ok(now) if now != size.sectors() => {
+                tracing::info!(
+                    frontend = self.frontend,
+                    devid = self.devid,
+                    before = size.sectors(),
+                    now,
+                    "blkback: the disk was resized"
+                );
+                size.set(now);
+                if let Some(limits) = self.limits.as_mut() {
+                    limits.sectors = now;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(
+                    frontend = self.frontend,
+                    devid = self.devid,
+                    "blkback: cannot read the disk's size: {e}"
+                );
+                return;
+            }
+        }
+        let now = size.sectors();
+        if dev.state() != XenbusState::Connected || self.announced.is_none_or(|a| a == now) {
+            return;
+        }
+        let be = dev.be.clone();
+        let state = dev.state();
+        let written = dev
+            .xs
+            .transaction(|tx| {
+                let be = be.clone();
+                async move {
+                    tx.write(&format!("{be}/sectors"), now.to_string().as_bytes())
+                        .await?;
+                    tx.write_state(&format!("{be}/state"), state).await
+                }
+            })
+            .await;
+        match written {
+            Ok(()) => self.announced = Some(now),
+            // Tried again at the next tick.
+            Err(e) => tracing::warn!(
+                frontend = self.frontend,
+                devid = self.devid,
+                "blkback: cannot announce the new disk size: {e}"
+            ),
+        }
+    }
+
+    /// Refuses a frontend that counts sectors in units of a `sector-size` above 512 where
+    /// blkif counts 512-byte units. Windows PV blkfront writes `feature-large-sector-size`
+    /// and uses `sector-size` units for `sectors`, `sector_number` and the segments' sectors
+    /// (as QEMU's qdisk does); blkif.h has since deprecated that node and says every unit is
+    /// 512 bytes, as Linux uses and we serve. With 512-byte logical sectors both agree; with
+    /// larger ones such a frontend would read and write the wrong places, so it is refused
+    /// with an error that says so instead.
+    async fn check_sector_units(dev: &XenbusDevice, sector_size: u32) -> Result<(), String> {
+        let large = dev
+            .frontend_key("feature-large-sector-size")
+            .await?
+            .is_some_and(|v| v.trim() != "0");
+        if large {
+            return Err(format!(
+                "the frontend counts sectors in units of sector-size (it writes \
+                 feature-large-sector-size, as Windows PV drivers do) but blkif counts 512-byte \
+                 units and this disk has {sector_size}-byte sectors: give this guest a disk with \
+                 512-byte logical sectors"
+            ));
         }
         Ok(())
     }
@@ -278,6 +386,9 @@ impl<P: Platform> Device<P> {
                 .frontend_key("feature-persistent")
                 .await?
                 .is_some_and(|v| v == "1");
+        if let Some(limits) = self.limits.filter(|l| l.sector_size > 512) {
+            Self::check_sector_units(dev, limits.sector_size).await?;
+        }
         let mut keys = Vec::new();
         for q in 0..queues {
             let dir = if queues == 1 {
@@ -287,7 +398,9 @@ impl<P: Platform> Device<P> {
             };
             keys.push(Self::queue_keys(dev, &dir, order).await?);
         }
-        let (Some(disk), Some(limits)) = (self.disk.clone(), self.limits) else {
+        let (Some(disk), Some(limits), Some(size)) =
+            (self.disk.clone(), self.limits, self.size.clone())
+        else {
             return Err("no disk".into());
         };
         let grants = self.platform.grants().map_err(|e| e.to_string())?;
@@ -302,6 +415,7 @@ impl<P: Platform> Device<P> {
                 grant_copy: self.config.grant_copy,
                 max_persistent_grants: self.config.max_persistent_grants,
                 limits,
+                size: size.clone(),
                 name: format!("blkback-d{}-{}-q{q}", self.frontend, self.devid),
                 reattach,
             };
@@ -361,7 +475,21 @@ impl<P: Platform> DeviceDriver for Device<P> {
 
     async fn connect(&mut self, dev: &XenbusDevice, reattach: bool) -> Result<(), String> {
         self.start(dev, reattach).await?;
-        self.write_geometry(dev).await
+        // A frontend we re-attach to knows the size its backend last wrote: if the disk was
+        // resized meanwhile, the next tick announces it (a plain write of `sectors` would not
+        // reach Linux blkfront, which re-reads it on a state event).
+        let known = if reattach {
+            dev.backend_key("sectors")
+                .await?
+                .and_then(|v| v.parse().ok())
+        } else {
+            None
+        };
+        self.write_geometry(dev).await?;
+        if known.is_some() {
+            self.announced = known;
+        }
+        Ok(())
     }
 
     async fn disconnect(&mut self) {
@@ -370,5 +498,9 @@ impl<P: Platform> DeviceDriver for Device<P> {
 
     fn failed(&self) -> bool {
         self.queues.iter().any(RingHandle::failed)
+    }
+
+    async fn tick(&mut self, dev: &XenbusDevice) {
+        self.check_size(dev).await;
     }
 }

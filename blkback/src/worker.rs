@@ -9,7 +9,7 @@
 //! wake-up. A bogus producer index halts this ring only.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,6 +38,29 @@ pub const GRANT_COPY_MAX_SEGMENTS: usize = xen_abi::blkif::BLKIF_MAX_SEGMENTS_PE
 /// benchmark, 4 KiB reads at queue depth 32 went from 0.70 to about 0.84 of fio.
 const SUBMIT_EVERY: usize = 4;
 
+/// A device's size in 512-byte sectors, shared by its queues: the control plane updates it
+/// when the backing is resized, and each queue checks requests against it from its next pass
+/// on (a request that was already checked finishes against the size it was checked with).
+#[derive(Debug, Clone)]
+pub struct LiveSize(Arc<AtomicU64>);
+
+impl LiveSize {
+    /// A size of `sectors`.
+    pub fn new(sectors: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(sectors)))
+    }
+
+    /// The size now.
+    pub fn sectors(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Changes the size.
+    pub fn set(&self, sectors: u64) {
+        self.0.store(sectors, Ordering::Relaxed);
+    }
+}
+
 /// What the control plane negotiated for one queue.
 #[derive(Debug, Clone)]
 pub struct RingSpec {
@@ -57,8 +80,10 @@ pub struct RingSpec {
     /// [`GRANT_COPY_MAX_SEGMENTS`] segments by grant copy through a private bounce buffer
     /// instead of mapping the guest's pages (larger ones are mapped in one batch).
     pub grant_copy: bool,
-    /// What requests are checked against.
+    /// What requests are checked against (its `sectors` is replaced by `size` at every pass).
     pub limits: Limits,
+    /// The disk's size now.
+    pub size: LiveSize,
     /// Thread name (`blkback-d<fe>-<devid>-q<n>`).
     pub name: String,
     /// Re-attach to a live ring at its published response index (backend restart).
@@ -177,6 +202,7 @@ where
         signals: signals.clone(),
         abi: spec.abi,
         limits: spec.limits,
+        size: spec.size,
         stats,
         persistent: spec.persistent,
         grant_copy: spec.grant_copy,
@@ -211,6 +237,7 @@ struct Worker<G: GrantMapper, E: EventChannel> {
     signals: WorkerSignals,
     abi: Abi,
     limits: Limits,
+    size: LiveSize,
     stats: Arc<QueueStats>,
     persistent: bool,
     grant_copy: bool,
@@ -338,6 +365,7 @@ impl<G: GrantMapper, E: EventChannel> Worker<G, E> {
         if self.halted {
             return;
         }
+        self.limits.sectors = self.size.sectors();
         loop {
             if let Some((req, seq)) = self.blocked.take() {
                 if self.in_flight() > 0 {

@@ -490,6 +490,7 @@ async fn abi_mismatch_garbles_only_that_ring() {
         grant_copy: false,
         max_persistent_grants: blkback::MAX_PERSISTENT_GRANTS,
         limits: common::limits_for(&bad_disk, 256),
+        size: blkback::worker::LiveSize::new(blkback::storage::Disk::info(&bad_disk).sectors),
         name: "blkback-mismatch".into(),
         reattach: false,
     };

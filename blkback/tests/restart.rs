@@ -4,15 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blkfront::xenbus::{connect, FrontOptions};
+use blkfront::xenbus::FrontOptions;
 use xen_abi::blkif::BLKIF_RSP_OKAY;
-use xen_sim::toolstack::{attach_device, DeviceSpec};
-use xen_sim::{Host, SimDomain};
+use xen_sim::Host;
 
 fn spawn_blkback(creds: &xen_sim::Credentials, stats: &std::path::Path) -> tokio::process::Child {
     let mut cmd = Host::command(creds, env!("CARGO_BIN_EXE_blkback"));
@@ -37,53 +38,25 @@ fn spawn_blkback(creds: &xen_sim::Credentials, stats: &std::path::Path) -> tokio
     cmd.spawn().unwrap()
 }
 
-fn block(i: u64) -> Vec<u8> {
-    (0..4096u64)
-        .map(|k| ((i * 131 + k * 7) % 253) as u8)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let host = Host::start(&dir.path().join("run")).await.unwrap();
-    // The driver domain lives on (its supervisor is this test); blkback is one of its processes.
-    let dd_creds = host.create_domain("storage-dd", 64).unwrap();
-    let mut dd = SimDomain::new(dd_creds.clone());
-    dd.boot().unwrap();
-    let guest = SimDomain::new(host.create_domain("guest", 4096).unwrap());
+    let common::ProcessRig {
+        host,
+        dd_creds,
+        dd,
+        guest,
+        dir,
+    } = common::process_rig().await;
     let stats_file = dir.path().join("blkback-stats.json");
     let mut backend = spawn_blkback(&dd_creds, &stats_file);
 
     let disk = dir.path().join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(256 << 20)
-        .unwrap();
-    let dom0 = host.xenstored().dom0_client().unwrap();
-    let spec = DeviceSpec {
-        kind: "vbd".into(),
-        backend: dd.domid(),
-        frontend: guest.domid(),
-        devid: 51712,
-        backend_keys: vec![
-            ("params".into(), disk.display().to_string()),
-            ("mode".into(), "w".into()),
-        ],
-        frontend_keys: vec![("virtual-device".into(), "51712".into())],
-    };
-    attach_device(&dom0, &spec).await.unwrap();
-    let gxs = guest.xenstore().await.unwrap();
-    let fe_dir = xen_store::path::frontend_path(guest.domid(), "vbd", 51712);
     let opts = FrontOptions {
         ring_pages: 2,
         ..FrontOptions::default()
     };
-    let mut dev = connect(&gxs, &fe_dir, opts, || {
-        (guest.grants().unwrap(), guest.evtchn().unwrap())
-    })
-    .await
-    .unwrap();
+    let (gxs, mut dev) =
+        common::attach_disk_and_connect(&host, dd.domid(), &guest, &disk, 256 << 20, opts).await;
 
     let running = Arc::new(AtomicBool::new(true));
     let flag = Arc::clone(&running);
@@ -97,7 +70,7 @@ async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
             let ids: Vec<u64> = (0..16)
                 .map(|k| {
                     front
-                        .submit_write((batch * 16 + k) * 8, &block(batch * 16 + k))
+                        .submit_write((batch * 16 + k) * 8, &common::block(batch * 16 + k))
                         .unwrap()
                 })
                 .collect();
@@ -138,7 +111,11 @@ async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
 
     let front = &mut dev.queues[0];
     for i in 0..durable {
-        assert_eq!(front.read(i * 8, 4096).unwrap(), block(i), "block {i} lost");
+        assert_eq!(
+            front.read(i * 8, 4096).unwrap(),
+            common::block(i),
+            "block {i} lost"
+        );
     }
     // The restarted backend publishes its counters for the supervisor.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -151,5 +128,24 @@ async fn killed_backend_restarts_and_no_acknowledged_write_is_lost() {
             && queue["reads"].as_u64().unwrap() > 0,
         "{stats}"
     );
+
+    // The disk grows while no backend runs: the restarted one re-attaches and announces the
+    // new size (the frontend learns of it from a state event, as Linux blkfront does).
+    backend.kill().await.unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(320 << 20)
+        .unwrap();
+    let mut backend = spawn_blkback(&dd_creds, &stats_file);
+    let sectors = dev
+        .wait_for_resize(&gxs, Duration::from_secs(10))
+        .await
+        .expect("the restarted backend announces the new size");
+    assert_eq!(sectors, 320 << 11);
+    let front = &mut dev.queues[0];
+    front.write(300 << 11, &common::block(7)).unwrap();
+    assert_eq!(front.read(300 << 11, 4096).unwrap(), common::block(7));
     backend.kill().await.unwrap();
 }

@@ -157,6 +157,15 @@ fn read_only_and_sector_size_options() {
         info.sectors, 2048,
         "size rounded down to whole physical sectors"
     );
+    // Resized under the open disk: the size now, in whole physical sectors.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len((2 << 20) + 5000)
+        .unwrap();
+    assert_eq!(disk.sectors_now().unwrap(), 4096 + 8);
+    assert_eq!(disk.info().sectors, 2048, "info keeps the size at open");
     assert!(RawDisk::open(
         &path,
         RawOptions {
@@ -256,4 +265,18 @@ fn block_device_reports_its_geometry_and_serves_io() {
         0,
         "discard on a block device"
     );
+    // The device grows (its backing file grows and the loop device re-reads its capacity,
+    // as a resized logical volume would): the disk reports the new size.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(12 << 20)
+        .unwrap();
+    let status = std::process::Command::new("losetup")
+        .args(["-c", &dev])
+        .status()
+        .unwrap();
+    assert!(status.success(), "losetup -c {dev}");
+    assert_eq!(disk.sectors_now().unwrap(), 24576);
 }

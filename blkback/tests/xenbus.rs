@@ -11,7 +11,7 @@ use blkback::backend::Backend;
 use blkback::device::BackendConfig;
 use blkback::platform::SimPlatform;
 use blkfront::xenbus::{connect, wait_state, FrontOptions};
-use xen_abi::blkif::VDISK_READONLY;
+use xen_abi::blkif::{VDISK_CDROM, VDISK_READONLY};
 use xen_blkif::Abi;
 use xen_sim::toolstack::{attach_device, request_detach, DeviceSpec};
 use xen_sim::{Host, SimDomain};
@@ -54,6 +54,18 @@ async fn rig(config: BackendConfig) -> Rig {
 }
 
 async fn attach(rig: &Rig, devid: u32, bytes: u64, mode: &str) -> String {
+    attach_with(rig, devid, bytes, mode, &[], "disk").await
+}
+
+/// [`attach`] with more backend keys from the toolstack and the frontend's `device-type`.
+async fn attach_with(
+    rig: &Rig,
+    devid: u32,
+    bytes: u64,
+    mode: &str,
+    more: &[(&str, &str)],
+    device_type: &str,
+) -> String {
     let path = rig.dir.path().join(format!("disk{devid}.img"));
     std::fs::File::create(&path)
         .unwrap()
@@ -65,13 +77,16 @@ async fn attach(rig: &Rig, devid: u32, bytes: u64, mode: &str) -> String {
         backend: rig.dd.domain().domid(),
         frontend: rig.guest.domid(),
         devid,
-        backend_keys: vec![
+        backend_keys: [
             ("params".into(), path.display().to_string()),
             ("mode".into(), mode.into()),
-        ],
+        ]
+        .into_iter()
+        .chain(more.iter().map(|&(k, v)| (k.into(), v.into())))
+        .collect(),
         frontend_keys: vec![
             ("virtual-device".into(), devid.to_string()),
-            ("device-type".into(), "disk".into()),
+            ("device-type".into(), device_type.into()),
         ],
     };
     attach_device(&dom0, &spec).await.unwrap();
@@ -205,7 +220,7 @@ async fn read_only_disk_and_reconnect_with_new_rings() {
     let rig = rig(BackendConfig::default()).await;
     let (gxs, fe_dir, mut dev) =
         attach_and_connect(&rig, 51728, 4 << 20, "r", FrontOptions::default()).await;
-    assert_eq!(dev.info & VDISK_READONLY, VDISK_READONLY);
+    assert_eq!(dev.info, VDISK_READONLY);
     assert!(
         dev.queues[0].write(0, &[1u8; 4096]).is_err(),
         "writes to a read-only disk fail"
@@ -233,6 +248,137 @@ async fn read_only_disk_and_reconnect_with_new_rings() {
         .unwrap();
     assert_ne!(dev.queues[0].ring_refs(), &old_refs[..]);
     assert_eq!(dev.queues[0].read(8, 512).unwrap(), vec![0u8; 512]);
+    rig.backend_task.abort();
+}
+
+/// Online resize, as Linux blkback's `xen_vbd_resize`: the backing file grows while the guest
+/// is connected; blkback writes the new `sectors` and writes `state` again in one transaction
+/// (what Linux blkfront reacts to), the frontend takes the new size, and the new sectors serve
+/// I/O. Shrunk again, what lies past the new end is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resized_disk_is_announced_and_served_online() {
+    let rig = rig(BackendConfig::default()).await;
+    let (gxs, _fe_dir, mut dev) =
+        attach_and_connect(&rig, 51744, 4 << 20, "w", FrontOptions::default()).await;
+    let image = rig.dir.path().join("disk51744.img");
+    let resize = |bytes: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+    };
+    let (old_end, new_end) = (8192u64, 16384u64);
+    assert_eq!(dev.sectors, old_end);
+    assert!(
+        dev.queues[0].write(old_end, &[7u8; 4096]).is_err(),
+        "past the end of the disk"
+    );
+    // The guest watches the backend's state as blkfront does; the first event is the watch's.
+    let state_path = format!("{}/state", dev.backend_dir);
+    let mut watch = gxs.watch(&state_path).await.unwrap();
+    watch.next().await.unwrap();
+    resize(8 << 20);
+    tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("blkback writes its state again after a resize")
+        .unwrap();
+    assert_eq!(
+        gxs.read_string(&format!("{}/sectors", dev.backend_dir))
+            .await
+            .unwrap(),
+        new_end.to_string(),
+        "the new size is there when the state event arrives (one transaction)"
+    );
+    assert_eq!(
+        gxs.read_state(&state_path).await.unwrap(),
+        XenbusState::Connected
+    );
+    assert_eq!(
+        dev.wait_for_resize(&gxs, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        new_end
+    );
+    dev.queues[0].write(old_end, &[7u8; 4096]).unwrap();
+    dev.queues[0].write(new_end - 8, &[9u8; 4096]).unwrap();
+    assert_eq!(dev.queues[0].read(old_end, 4096).unwrap(), vec![7u8; 4096]);
+    assert_eq!(
+        dev.queues[0].read(new_end - 8, 4096).unwrap(),
+        vec![9u8; 4096]
+    );
+    assert!(
+        dev.queues[0].read(new_end, 512).is_err(),
+        "past the new end"
+    );
+    // Shrunk back: the old size is announced and the sectors past it are refused.
+    resize(4 << 20);
+    assert_eq!(
+        dev.wait_for_resize(&gxs, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        old_end
+    );
+    assert!(dev.queues[0].read(old_end, 4096).is_err());
+    assert_eq!(dev.queues[0].read(0, 4096).unwrap(), vec![0u8; 4096]);
+    rig.backend_task.abort();
+}
+
+/// A CD-ROM (the toolstack writes `device-type` = `cdrom` in the frontend directory, as libxl
+/// does for `devtype=cdrom`): `info` carries `VDISK_CDROM` with `VDISK_READONLY`, as Linux
+/// blkback sets them, and the medium reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cdrom_is_announced_as_one() {
+    let rig = rig(BackendConfig::default()).await;
+    let fe_dir = attach_with(&rig, 5632, 1 << 20, "r", &[], "cdrom").await;
+    let gxs = rig.guest.xenstore().await.unwrap();
+    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .unwrap();
+    assert_eq!(dev.info, VDISK_CDROM | VDISK_READONLY);
+    assert_eq!(dev.queues[0].read(0, 2048).unwrap(), vec![0u8; 2048]);
+    rig.backend_task.abort();
+}
+
+/// Windows PV blkfront writes `feature-large-sector-size` and counts every sector in units of
+/// `sector-size`; blkif counts 512-byte units. On a disk with 4096-byte sectors that frontend
+/// is refused with an error naming the cause (it would read and write the wrong places);
+/// without the node, or on a disk with 512-byte sectors, where both units agree, it connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_counting_large_sectors_is_refused_only_where_units_differ() {
+    let rig = rig(BackendConfig::default()).await;
+    let gxs = rig.guest.xenstore().await.unwrap();
+    let large_sectors = [("sector-size-hint", "4096")];
+    // 4096-byte sectors and the node: refused, with the reason.
+    let fe_dir = attach_with(&rig, 1, 1 << 20, "w", &large_sectors, "disk").await;
+    gxs.write(&format!("{fe_dir}/feature-large-sector-size"), b"1")
+        .await
+        .unwrap();
+    let err = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("feature-large-sector-size"),
+        "{err}"
+    );
+    // 4096-byte sectors without the node (Linux): served.
+    let fe_dir = attach_with(&rig, 2, 1 << 20, "w", &large_sectors, "disk").await;
+    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .unwrap();
+    assert_eq!(dev.sector_size, 4096);
+    dev.queues[0].write(8, &[3u8; 4096]).unwrap();
+    // 512-byte sectors with the node: both units agree, served.
+    let fe_dir = attach(&rig, 3, 1 << 20, "w").await;
+    gxs.write(&format!("{fe_dir}/feature-large-sector-size"), b"1")
+        .await
+        .unwrap();
+    let mut dev = connect(&gxs, &fe_dir, FrontOptions::default(), handles(&rig.guest))
+        .await
+        .unwrap();
+    dev.queues[0].write(1, &[4u8; 512]).unwrap();
     rig.backend_task.abort();
 }
 

@@ -244,6 +244,34 @@ impl<A: GrantAllocator, E: EventChannel> BlkDevice<A, E> {
         .map(drop)
     }
 
+    /// Waits until the backend announces a size other than [`BlkDevice::sectors`] and takes
+    /// it, as Linux blkfront learns of an online resize: the backend writes `sectors` and
+    /// writes its `state` (`Connected`) again, and blkfront re-reads the geometry whenever the
+    /// backend's state is written while connected. Returns the new size in 512-byte sectors.
+    pub async fn wait_for_resize(&mut self, xs: &Xs, timeout: Duration) -> Result<u64> {
+        let x = |e: xen_store::Error| Error::Xenstore(e.to_string());
+        let state_path = format!("{}/state", self.backend_dir);
+        let mut watch = xs.watch(&state_path).await.map_err(x)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // The first event is the watch's own; each later one is a write of `state`.
+            tokio::time::timeout_at(deadline, watch.next())
+                .await
+                .map_err(|_| Error::Timeout)?;
+            if xs.read_state(&state_path).await.map_err(x)? != XenbusState::Connected {
+                continue;
+            }
+            let sectors = num(xs
+                .read_opt(&format!("{}/sectors", self.backend_dir))
+                .await
+                .map_err(x)?);
+            if let Some(sectors) = sectors.filter(|&s| s != self.sectors) {
+                self.sectors = sectors;
+                return Ok(sectors);
+            }
+        }
+    }
+
     /// Closes the device as blkfront does: `Closing`, wait for the backend to close, `Closed`.
     /// The rings and grants are released after the backend has let go of them.
     pub async fn close(self, xs: &Xs) -> Result<()> {

@@ -229,6 +229,7 @@ pub async fn ours(
             grant_copy: data.grant_copy,
             max_persistent_grants: data.max_persistent_grants,
             limits,
+            size: crate::worker::LiveSize::new(limits.sectors),
             name: format!("bench-q{q}"),
             reattach: false,
         };

@@ -101,8 +101,11 @@ pub trait Queue: Send {
 
 /// A disk.
 pub trait Disk: Send + Sync {
-    /// What it offers.
+    /// What it offers (its size as when it was opened).
     fn info(&self) -> DiskInfo;
+    /// The backing's size now, in 512-byte sectors of whole physical sectors: it may have
+    /// been resized since the disk was opened (a grown file or logical volume).
+    fn sectors_now(&self) -> io::Result<u64>;
     /// Opens a queue of `depth` operations for one worker.
     fn open_queue(&self, depth: u32) -> io::Result<Box<dyn Queue>>;
 }

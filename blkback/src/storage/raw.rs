@@ -33,6 +33,21 @@ pub struct RawOptions {
 pub struct RawDisk {
     file: Arc<File>,
     info: DiskInfo,
+    block_device: bool,
+}
+
+/// Bytes of `file` now: `BLKGETSIZE64` for a block device, the length of a regular file.
+fn size_in_bytes(file: &File, block_device: bool) -> io::Result<u64> {
+    if block_device {
+        ioctl_value(file, BLKGETSIZE64)
+    } else {
+        Ok(file.metadata()?.len())
+    }
+}
+
+/// 512-byte sectors in the whole physical sectors of `bytes`.
+fn usable_sectors(bytes: u64, physical: u32) -> u64 {
+    (bytes - bytes % u64::from(physical)) / 512
 }
 
 fn ioctl_value<T: Default>(file: &File, request: libc::c_ulong) -> io::Result<T> {
@@ -72,8 +87,9 @@ impl RawDisk {
             Err(e) => return Err(e),
         };
         let meta = file.metadata()?;
-        let (bytes, logical, physical, discard) = if meta.file_type().is_block_device() {
-            let bytes: u64 = ioctl_value(&file, BLKGETSIZE64)?;
+        let block_device = meta.file_type().is_block_device();
+        let (bytes, logical, physical, discard) = if block_device {
+            let bytes = size_in_bytes(&file, true)?;
             let logical: libc::c_int = ioctl_value(&file, BLKSSZGET)?;
             let physical: libc::c_uint = ioctl_value(&file, BLKPBSZGET)?;
             (bytes, logical.max(512) as u32, physical.max(512), true)
@@ -92,9 +108,8 @@ impl RawDisk {
                 format!("sector size {logical} (physical {physical}) is not usable"),
             ));
         }
-        let usable = bytes - bytes % u64::from(physical);
         let info = DiskInfo {
-            sectors: usable / 512,
+            sectors: usable_sectors(bytes, physical),
             sector_size: logical,
             physical_sector_size: physical,
             read_only: options.read_only,
@@ -104,6 +119,7 @@ impl RawDisk {
         Ok(Self {
             file: Arc::new(file),
             info,
+            block_device,
         })
     }
 }
@@ -111,6 +127,11 @@ impl RawDisk {
 impl Disk for RawDisk {
     fn info(&self) -> DiskInfo {
         self.info
+    }
+
+    fn sectors_now(&self) -> io::Result<u64> {
+        let bytes = size_in_bytes(&self.file, self.block_device)?;
+        Ok(usable_sectors(bytes, self.info.physical_sector_size))
     }
 
     fn open_queue(&self, depth: u32) -> io::Result<Box<dyn Queue>> {

@@ -1,5 +1,6 @@
 //! Helpers shared by the data-path tests: a simulated host with a driver domain and a guest,
-//! and a queue worker connected to a Rust frontend.
+//! and a queue worker connected to a Rust frontend; for the tests that run blkback as a
+//! process, a disk attached as the toolstack attaches it and the guest's blkfront connected.
 
 #![allow(dead_code)]
 
@@ -89,6 +90,7 @@ pub fn connect_with(
         grant_copy,
         max_persistent_grants: blkback::MAX_PERSISTENT_GRANTS,
         limits: limits_for(disk, max_indirect),
+        size: blkback::worker::LiveSize::new(disk.info().sectors),
         name: "blkback-test-q0".into(),
         reattach: false,
     };
@@ -110,6 +112,11 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The 4 KiB written at block `i` by the restart tests.
+pub fn block(i: u64) -> Vec<u8> {
+    pattern(i, 4096)
+}
+
 /// `connect_with` mapping non-persistent grants (not copying).
 pub fn connect(
     rig: &Rig,
@@ -118,4 +125,69 @@ pub fn connect(
     max_indirect: u16,
 ) -> (Front, RingHandle, Arc<QueueStats>) {
     connect_with(rig, disk, config, max_indirect, false)
+}
+
+/// A host whose storage driver domain is booted (its supervisor is the test; blkback runs in
+/// it as a process), and a guest.
+pub struct ProcessRig {
+    pub host: Host,
+    pub dd_creds: xen_sim::Credentials,
+    pub dd: SimDomain,
+    pub guest: SimDomain,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn process_rig() -> ProcessRig {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let host = Host::start(&dir.path().join("run")).await.unwrap();
+    let dd_creds = host.create_domain("storage-dd", 64).unwrap();
+    let mut dd = SimDomain::new(dd_creds.clone());
+    dd.boot().unwrap();
+    let guest = SimDomain::new(host.create_domain("guest", 4096).unwrap());
+    ProcessRig {
+        host,
+        dd_creds,
+        dd,
+        guest,
+        dir,
+    }
+}
+
+/// A new `bytes`-long disk file at `path`, attached as the toolstack attaches it (the guest's
+/// `vbd` 51712, served by domain `backend`), and the guest's blkfront connected to it.
+pub async fn attach_disk_and_connect(
+    host: &Host,
+    backend: xen_abi::DomId,
+    guest: &SimDomain,
+    path: &std::path::Path,
+    bytes: u64,
+    options: blkfront::xenbus::FrontOptions,
+) -> (
+    xen_store::Xs,
+    blkfront::xenbus::BlkDevice<SimGrants, SimEvtchn>,
+) {
+    std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
+    let dom0 = host.xenstored().dom0_client().unwrap();
+    let device = xen_sim::toolstack::DeviceSpec {
+        kind: "vbd".into(),
+        backend,
+        frontend: guest.domid(),
+        devid: 51712,
+        backend_keys: vec![
+            ("params".into(), path.display().to_string()),
+            ("mode".into(), "w".into()),
+        ],
+        frontend_keys: vec![("virtual-device".into(), "51712".into())],
+    };
+    xen_sim::toolstack::attach_device(&dom0, &device)
+        .await
+        .unwrap();
+    let gxs = guest.xenstore().await.unwrap();
+    let fe_dir = xen_store::path::frontend_path(guest.domid(), "vbd", 51712);
+    let dev = blkfront::xenbus::connect(&gxs, &fe_dir, options, || {
+        (guest.grants().unwrap(), guest.evtchn().unwrap())
+    })
+    .await
+    .unwrap();
+    (gxs, dev)
 }

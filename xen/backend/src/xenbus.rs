@@ -144,6 +144,13 @@ pub trait DeviceDriver: Send {
         async { Ok(()) }
     }
 
+    /// Periodic work while the device exists (every health check, 4 times a second): for
+    /// blkback, noticing that its backing disk was resized.
+    fn tick(&mut self, dev: &XenbusDevice) -> impl Future<Output = ()> + Send {
+        let _ = dev;
+        async {}
+    }
+
     /// Cleans up once the device ends (after `disconnect`).
     fn remove(&mut self, dev: &XenbusDevice) -> impl Future<Output = ()> + Send {
         let _ = dev;
@@ -301,6 +308,7 @@ pub async fn run_device<D: DeviceDriver>(
                     fatal(&mut dev, &mut driver, "the frontend misbehaved on a ring; device halted")
                         .await;
                 }
+                driver.tick(&dev).await;
                 continue;
             }
         }
