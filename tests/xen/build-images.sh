@@ -71,15 +71,18 @@ cp "$harness"/net-guest.sh "$harness"/dd-guest.sh "$harness"/gpu-guest.sh "$harn
 pack images/guest guest.cpio.gz
 
 # The network and storage driver domain: busybox, the grant and event-channel devices, TAP and
-# bridge, our netback and blkback; no toolstack.
+# bridge, our netback and blkback under their supervisors (storage-dd, network-dd, built beside
+# blkback); no toolstack.
 root=images/dd
 base $root
 copy_modules $root xen-evtchn xen-gntdev xen-gntalloc tun bridge
 mkdir -p $root/usr/local/bin
-cp "$blkback" "$netback" $root/usr/local/bin/
+supervisors="$(dirname "$blkback")/storage-dd $(dirname "$blkback")/network-dd"
+cp "$blkback" "$netback" $supervisors $root/usr/local/bin/
 # Debug builds carry ~60 MB of debug info each: too much for a small domain's initramfs.
-strip --strip-debug $root/usr/local/bin/blkback $root/usr/local/bin/netback
-copy_libs $root $root/usr/local/bin/blkback $root/usr/local/bin/netback
+dd_bins="blkback netback storage-dd network-dd"
+for b in $dd_bins; do strip --strip-debug $root/usr/local/bin/$b; done
+copy_libs $root $(for b in $dd_bins; do echo $root/usr/local/bin/$b; done)
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 $root/lib/x86_64-linux-gnu/ 2>/dev/null || true
 cp "$harness"/dd-domain.sh $root/etc/
 pack $root dd.cpio.gz

@@ -34,7 +34,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 "$here/fetch.sh" "$work"
-(cd "$top" && cargo build --locked -p blkback --bin blkback -p netback --bin netback -p demu --bin demu)
+(cd "$top" && cargo build --locked -p blkback --bin blkback -p netback --bin netback -p demu --bin demu \
+    -p storage-dd --bin storage-dd -p network-dd --bin network-dd)
 "$here/build-images.sh" "$work" "$top/target/debug/blkback" "$top/target/debug/netback" "$here" \
     "$top/target/debug/demu"
 
@@ -59,7 +60,7 @@ passed=0
 scenario_checks() {
     case $1 in
         blk) echo "guest-sees-xvda features-negotiated multi-queue odirect-checksum flush-heavy
-            restart-during-io block-detach" ;;
+            cdrom-info cdrom-medium online-resize restart-during-io block-detach" ;;
         net) echo "guest-sees-eth0 dhcp-address net-multi-queue ping net-features vif-on-bridge
             net-checksums net-gso-used net-restart-during-transfer ping-after-restart
             network-detach vif-removed" ;;

@@ -559,6 +559,27 @@ impl Runs {
     }
 }
 
+/// Fails with one sentence naming the first missing program and its Debian package.
+fn check_tools() -> Result<()> {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+    };
+    for (program, package) in [
+        ("iperf3", "iperf3"),
+        ("ip", "iproute2"),
+        ("ethtool", "ethtool"),
+        ("ping", "iputils-ping"),
+    ] {
+        if !on_path(program) {
+            return Err(format!(
+                "{program} is not installed; install it with `apt-get install {package}`"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs each configuration (`queues` x `offloads`) and prints a table to `out`.
 pub async fn run(
     dir: &Path,
@@ -568,6 +589,7 @@ pub async fn run(
     repeat: u32,
     out: &mut dyn Write,
 ) -> Result<()> {
+    check_tools()?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let w = |e: std::io::Error| e.to_string();
     writeln!(
