@@ -6,6 +6,7 @@
 //! - [`storage`]: the disks it serves (raw files and block devices).
 //! - [`platform`]: real Xen or the simulated host.
 //! - [`stats`]: counters per queue.
+//! - [`vhost_user`]: the same storage engine exported as a vhost-user-blk device (KVM).
 
 pub mod backend;
 pub mod bench;
@@ -16,6 +17,7 @@ pub use xen_backend::platform;
 mod ring;
 pub mod stats;
 pub mod storage;
+pub mod vhost_user;
 pub mod worker;
 
 pub use grants::MAX_PERSISTENT_GRANTS;

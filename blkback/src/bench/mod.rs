@@ -308,10 +308,12 @@ fn drive(
         r.map(drop).map_err(|e| e.to_string())
     };
     while !stop.load(Ordering::Acquire) {
+        // Each request is published as it is queued, as Linux blkfront's queue_rq does: the
+        // backend starts on the first while the guest copies the next one's data.
         while front.outstanding() < w.depth {
             submit(&mut front)?;
+            front.kick().map_err(|e| e.to_string())?;
         }
-        front.kick().map_err(|e| e.to_string())?;
         for d in front
             .poll(Duration::from_millis(500))
             .map_err(|e| e.to_string())?

@@ -87,6 +87,9 @@ pub trait Queue: Send {
     fn completions(&mut self, out: &mut Vec<Completion>);
     /// Operations pushed and not yet completed.
     fn in_flight(&self) -> usize;
+    /// A descriptor that polls readable while completions wait to be collected (for callers
+    /// that sleep in their own event loop instead of in [`Queue::wait`]).
+    fn completion_fd(&self) -> RawFd;
     /// Submits everything queued, then sleeps until an operation completes or a descriptor in
     /// `watch` polls readable (the worker's event channel and stop signal): finished
     /// operations go to `done`, and `readable[i]` is set for each `watch[i]` seen readable

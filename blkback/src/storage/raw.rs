@@ -227,6 +227,11 @@ impl Queue for UringQueue {
         self.in_flight
     }
 
+    fn completion_fd(&self) -> RawFd {
+        // An io_uring descriptor polls readable while its completion queue holds entries.
+        self.ring.as_raw_fd()
+    }
+
     fn wait(
         &mut self,
         watch: &[RawFd],

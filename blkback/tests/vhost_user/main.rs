@@ -1,0 +1,349 @@
+//! blkback's storage engine as a vhost-user-blk device, driven the way a VMM and a guest's
+//! virtio-blk driver drive it: the vhost-user handshake over the socket, guest memory in a
+//! shared memfd, split virtqueues with real descriptor chains, kicks and calls on eventfds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod driver;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use blkback::storage::raw::{RawDisk, RawOptions};
+use blkback::vhost_user::{serve, DeviceSpec, Served};
+use driver::*;
+use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::VhostUserFrontend;
+use vhost::VhostBackend;
+
+const DISK_BYTES: u64 = 8 << 20;
+const WAIT: Duration = Duration::from_secs(10);
+const ALL: u64 = u64::MAX;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    disk: PathBuf,
+    server: Option<JoinHandle<Result<Served, String>>>,
+}
+
+/// A disk file and a server on a fresh socket that serves `connections` frontends.
+fn rig(queues: u16, read_only: bool, connections: u64) -> Rig {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; DISK_BYTES as usize]).unwrap();
+    let socket = dir.path().join("vhost.sock");
+    let raw = RawDisk::open(
+        &disk,
+        RawOptions {
+            read_only,
+            ..RawOptions::default()
+        },
+    )
+    .unwrap();
+    let spec = DeviceSpec {
+        disk: Arc::new(raw),
+        queues,
+        serial: "blkback-test-serial".into(),
+    };
+    let path = socket.clone();
+    let server = std::thread::spawn(move || {
+        serve(&path, &spec, Some(connections)).map_err(|e| e.to_string())
+    });
+    Rig {
+        _dir: dir,
+        socket,
+        disk,
+        server: Some(server),
+    }
+}
+
+impl Rig {
+    fn finish(mut self) -> Served {
+        self.server.take().unwrap().join().unwrap().unwrap()
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Publishes every request, kicks once, waits for all of them and checks their statuses.
+fn run_all(guest: &mut Guest, vq: &mut Vq, reqs: &[Request], want_status: u8) -> Vec<(u16, u32)> {
+    vq.notify();
+    let used = vq.wait_used(guest, reqs.len(), WAIT);
+    assert_eq!(used.len(), reqs.len(), "every request is answered");
+    for r in reqs {
+        assert_eq!(status(guest, r), want_status, "request at head {}", r.head);
+    }
+    used
+}
+
+#[test]
+fn a_vmm_negotiates_and_the_guest_reads_back_what_it_wrote() {
+    let rig = rig(2, false, 1);
+    let mut guest = Guest::new();
+    let mut dev = connect(&rig.socket, &guest, 2, ALL);
+    assert_ne!(dev.features & F_EVENT_IDX, 0);
+    for bit in [9, 12, 13, 6, 2] {
+        assert_ne!(dev.features & 1 << bit, 0, "feature bit {bit} offered");
+    }
+    assert_eq!(dev.frontend.get_queue_num().unwrap(), 2);
+    let (_, config) = dev
+        .frontend
+        .get_config(0, 60, VhostUserConfigFlags::empty(), &[0u8; 60])
+        .unwrap();
+    assert_eq!(config[..8], (DISK_BYTES / 512).to_le_bytes());
+    assert_eq!(config[20..24], 512u32.to_le_bytes());
+    assert_eq!(config[34..36], 2u16.to_le_bytes());
+
+    // Writes of several sizes on both queues at once, then a flush on each.
+    let mut written = Vec::new();
+    for (q, vq) in dev.queues.iter_mut().enumerate() {
+        let mut reqs = Vec::new();
+        for i in 0..24u64 {
+            let len = 512 * (1 + (i % 8)) as u32;
+            let sector = (q as u64 * 4096) + i * 16;
+            let data = pattern(q as u64 * 100 + i, len as usize);
+            reqs.push(request(&mut guest, vq, T_OUT, sector, len, Some(&data)));
+            written.push((q, sector, data));
+        }
+        vq.notify();
+        let used = vq.wait_used(&guest, reqs.len(), WAIT);
+        assert_eq!(used.len(), reqs.len());
+        assert!(
+            used.iter().all(|&(_, len)| len == 1),
+            "writes put only the status"
+        );
+        assert!(reqs.iter().all(|r| status(&guest, r) == 0));
+        let flush = request(&mut guest, vq, T_FLUSH, 0, 0, None);
+        run_all(&mut guest, vq, &[flush], 0);
+    }
+    // Read everything back, on the other queue than it was written on.
+    for (q, sector, data) in &written {
+        let vq = &mut dev.queues[1 - q];
+        let r = request(&mut guest, vq, T_IN, *sector, data.len() as u32, None);
+        let used = run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
+        assert_eq!(
+            used[0].1 as usize,
+            data.len() + 1,
+            "a read puts data and status"
+        );
+        assert_eq!(&guest.read(r.data, data.len()), data, "sector {sector}");
+    }
+    // The file holds it too.
+    let file = std::fs::read(&rig.disk).unwrap();
+    let (_, sector, data) = &written[5];
+    let at = *sector as usize * 512;
+    assert_eq!(&file[at..at + data.len()], &data[..]);
+
+    // GET_ID answers the serial.
+    let vq = &mut dev.queues[0];
+    let id = request(&mut guest, vq, T_GET_ID, 0, 20, None);
+    run_all(&mut guest, vq, std::slice::from_ref(&id), 0);
+    assert_eq!(&guest.read(id.data, 20)[..19], b"blkback-test-serial");
+
+    // Discard punches a hole that reads back as zeros.
+    let mut range = [0u8; 16];
+    range[..8].copy_from_slice(&16u64.to_le_bytes());
+    range[8..12].copy_from_slice(&16u32.to_le_bytes());
+    let d = request(&mut guest, vq, T_DISCARD, 0, 16, Some(&range));
+    run_all(&mut guest, vq, std::slice::from_ref(&d), 0);
+    let r = request(&mut guest, vq, T_IN, 16, 8192, None);
+    run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
+    assert!(guest.read(r.data, 8192).iter().all(|&b| b == 0));
+    drop(dev);
+    assert_eq!(rig.finish().connections, 1);
+}
+
+#[test]
+fn without_event_idx_every_completion_is_signalled() {
+    let rig = rig(1, false, 1);
+    let mut guest = Guest::new();
+    let mut dev = connect(&rig.socket, &guest, 1, ALL & !F_EVENT_IDX);
+    assert_eq!(dev.features & F_EVENT_IDX, 0);
+    let vq = &mut dev.queues[0];
+    for i in 0..40u64 {
+        let data = pattern(i, 4096);
+        let w = request(&mut guest, vq, T_OUT, i * 8, 4096, Some(&data));
+        run_all(&mut guest, vq, std::slice::from_ref(&w), 0);
+        let r = request(&mut guest, vq, T_IN, i * 8, 4096, None);
+        run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
+        assert_eq!(guest.read(r.data, 4096), data);
+    }
+    drop(dev);
+    rig.finish();
+}
+
+#[test]
+fn hostile_chains_get_an_error_and_the_device_keeps_serving() {
+    let rig = rig(2, false, 1);
+    let mut guest = Guest::new();
+    let mut dev = connect(&rig.socket, &guest, 2, ALL);
+    let (q0, rest) = dev.queues.split_at_mut(1);
+    let vq = &mut q0[0];
+    let outside = MEM_SIZE as u64 + 4096;
+
+    // Data outside guest memory, past the disk's end, unaligned, unknown type.
+    let reqs = [
+        {
+            let hdr = guest.alloc(16);
+            guest.write(hdr, &header(T_IN, 0));
+            let st = guest.alloc(1);
+            let head = vq.add(
+                &guest,
+                &[(hdr, 16, false), (outside, 4096, true), (st, 1, true)],
+            );
+            (
+                Request {
+                    head,
+                    status: st,
+                    data: 0,
+                },
+                1u8,
+            )
+        },
+        (
+            request(&mut guest, vq, T_IN, DISK_BYTES / 512 - 1, 4096, None),
+            1,
+        ),
+        (request(&mut guest, vq, T_OUT, 0, 100, Some(&[7; 100])), 1),
+        (request(&mut guest, vq, 0x1234, 0, 0, None), 2),
+    ];
+    vq.notify();
+    assert_eq!(vq.wait_used(&guest, reqs.len(), WAIT).len(), reqs.len());
+    for (r, want) in &reqs {
+        assert_eq!(status(&guest, r), *want);
+    }
+
+    // No status byte at all: returned unanswered (used length 0); a descriptor that loops
+    // onto itself is cut at the queue size.
+    let hdr = guest.alloc(16);
+    guest.write(hdr, &header(T_IN, 0));
+    let head = vq.add(&guest, &[(hdr, 16, false)]);
+    vq.notify();
+    assert_eq!(vq.wait_used(&guest, 1, WAIT), vec![(head, 0)]);
+    let looped = vq.add(&guest, &[(hdr, 16, false), (hdr, 16, false)]);
+    // Queue 0's descriptor table starts at guest address 0.
+    let at = u64::from(looped) * 16 + 14;
+    let second = u16::from_le_bytes(guest.read(at, 2).try_into().unwrap());
+    guest.write(u64::from(second) * 16 + 12, &1u16.to_le_bytes()); // NEXT
+    guest.write(u64::from(second) * 16 + 14, &second.to_le_bytes()); // to itself
+    vq.notify();
+    let used = vq.wait_used(&guest, 1, WAIT);
+    assert_eq!(used, vec![(looped, 0)]);
+
+    // Good requests still work on this queue.
+    let data = pattern(9, 4096);
+    let w = request(&mut guest, vq, T_OUT, 64, 4096, Some(&data));
+    run_all(&mut guest, vq, std::slice::from_ref(&w), 0);
+
+    // An available index more than a ring ahead: the queue is unusable, the device lives.
+    vq.set_avail_idx(&guest, 5000);
+    vq.notify();
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The other queue keeps serving, and reads what the first wrote.
+    let other = &mut rest[0];
+    let r = request(&mut guest, other, T_IN, 64, 4096, None);
+    run_all(&mut guest, other, std::slice::from_ref(&r), 0);
+    assert_eq!(guest.read(r.data, 4096), data);
+    drop(dev);
+    rig.finish();
+}
+
+#[test]
+fn read_only_disks_refuse_writes_and_discards() {
+    let rig = rig(1, true, 1);
+    let mut guest = Guest::new();
+    let mut dev = connect(&rig.socket, &guest, 1, ALL);
+    assert_ne!(dev.features & 1 << 5, 0, "VIRTIO_BLK_F_RO");
+    assert_eq!(dev.features & 1 << 13, 0, "no discard");
+    let vq = &mut dev.queues[0];
+    let w = request(&mut guest, vq, T_OUT, 0, 512, Some(&[1; 512]));
+    run_all(&mut guest, vq, std::slice::from_ref(&w), 1);
+    let d = request(&mut guest, vq, T_DISCARD, 0, 16, Some(&[0; 16]));
+    run_all(&mut guest, vq, std::slice::from_ref(&d), 2);
+    let r = request(&mut guest, vq, T_IN, 0, 512, None);
+    run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
+    drop(dev);
+    assert!(
+        std::fs::read(&rig.disk).unwrap().iter().all(|&b| b == 0),
+        "nothing written"
+    );
+    rig.finish();
+}
+
+#[test]
+fn stopping_a_ring_waits_for_its_requests_and_a_new_connection_sees_the_data() {
+    let rig = rig(1, false, 2);
+    let mut guest = Guest::new();
+    let mut dev = connect(&rig.socket, &guest, 1, ALL);
+    let vq = &mut dev.queues[0];
+    let mut reqs = Vec::new();
+    for i in 0..32u64 {
+        let data = pattern(1000 + i, 65536);
+        reqs.push((
+            request(&mut guest, vq, T_OUT, i * 128, 65536, Some(&data)),
+            data,
+        ));
+    }
+    let flush = request(&mut guest, vq, T_FLUSH, 0, 0, None);
+    vq.notify();
+    // GET_VRING_BASE (the VM pauses): the ring stops where the device got to, and everything
+    // it took off the ring is answered before the call returns.
+    let base = dev.frontend.get_vring_base(0).unwrap();
+    assert!(base <= 33, "{base}");
+    let vq = &mut dev.queues[0];
+    let used = vq.wait_used(&guest, 33, Duration::from_millis(200));
+    assert_eq!(used.len(), base as usize, "taken means answered");
+    // The VM resumes: the device continues from there.
+    dev.restart(&guest, 0, base as u16);
+    let vq = &mut dev.queues[0];
+    vq.notify();
+    let rest = vq.wait_used(&guest, 33 - base as usize, WAIT);
+    assert_eq!(rest.len(), 33 - base as usize);
+    assert!(reqs.iter().all(|(r, _)| status(&guest, r) == 0));
+    assert_eq!(status(&guest, &flush), 0);
+    drop(dev);
+
+    // The VMM comes back (a restarted QEMU, or the guest rebooted): fresh rings, same disk.
+    let mut guest = Guest::new();
+    let mut dev = connect(&rig.socket, &guest, 1, ALL);
+    let vq = &mut dev.queues[0];
+    for (i, (_, data)) in reqs.iter().enumerate() {
+        let r = request(&mut guest, vq, T_IN, i as u64 * 128, 65536, None);
+        run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
+        assert_eq!(&guest.read(r.data, 65536), data, "request {i}");
+    }
+    drop(dev);
+    assert_eq!(rig.finish().connections, 2);
+}
+
+#[test]
+fn the_command_names_a_disk_it_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blkback-vhost-user"))
+        .args(["--socket"])
+        .arg(dir.path().join("s"))
+        .args(["--disk", "/nonexistent/disk.img"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open the disk /nonexistent/disk.img: No such file"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
