@@ -10,61 +10,10 @@ cd "$work"
 version=$(ls x/lib/modules | head -1)
 xlib=$work/x/usr/lib/x86_64-linux-gnu
 
-# copy_libs ROOT BINARY...: the shared-library closure, from the unpacked packages first.
-copy_libs() {
-    local root=$1; shift
-    for bin in "$@"; do
-        LD_LIBRARY_PATH=$xlib ldd "$bin" 2>/dev/null | awk '/=>/ {print $3} /^\t\/lib64/ {print $1}' | while read -r lib; do
-            [ -n "$lib" ] || continue
-            case $lib in
-                "$work"/x/*) dest=$root/${lib#"$work"/x} ;;
-                *) dest=$root$lib ;;
-            esac
-            mkdir -p "$(dirname "$dest")"
-            [ -e "$dest" ] || cp -L "$lib" "$dest"
-        done
-    done
-}
-
-# copy_modules ROOT MODULE...: modules and their dependencies, load order in /etc/modules.order.
-copy_modules() {
-    local root=$1; shift
-    local dir=x/lib/modules/$version
-    mkdir -p "$root/lib/modules/$version"
-    for m in "$@"; do
-        local line deps self
-        line=$(grep -E "/$m\.ko(\.[a-z]+)?:" "$dir/modules.dep" | head -1)
-        [ -n "$line" ] || { echo "no module $m" >&2; exit 1; }
-        self=${line%%:*}
-        deps=${line#*:}
-        for d in $(echo $deps | tr ' ' '\n' | tac) $self; do
-            mkdir -p "$root/lib/modules/$version/$(dirname "$d")"
-            cp -n "$dir/$d" "$root/lib/modules/$version/$d"
-            grep -qx "$d" "$root/etc/modules.order" 2>/dev/null || echo "$d" >> "$root/etc/modules.order"
-        done
-    done
-}
-
-base() {
-    local root=$1
-    rm -rf "$root"
-    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,var/lib,var/log,root,mnt,lib64}
-    cp x/bin/busybox "$root/bin/busybox"
-    for applet in $(x/bin/busybox --list); do [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"; done
-    cp "$harness/init" "$root/init"
-    chmod +x "$root/init"
-    echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
-    echo "root:x:0:" > "$root/etc/group"
-    ln -s /run "$root/var/run"
-    : > "$root/etc/modules.order"
-}
-
-pack() {
-    (cd "$1" && find . | cpio -o -H newc --quiet) | gzip -1 > "$2"
-}
+. "$harness/image-lib.sh"
 
 # The guest.
-base images/guest
+base images/guest "$harness/init"
 copy_modules images/guest xen-blkfront xen-netfront bochs
 cp "$harness"/net-guest.sh "$harness"/dd-guest.sh "$harness"/gpu-guest.sh "$harness"/net-send-up.sh "$harness"/net-send-up2.sh "$harness"/net-send-up-dd2.sh \
     "$harness"/net-recv-down.sh "$harness"/udhcpc.script images/guest/etc/
@@ -74,7 +23,7 @@ pack images/guest guest.cpio.gz
 # bridge, our netback and blkback under their supervisors (storage-dd, network-dd, built beside
 # blkback); no toolstack.
 root=images/dd
-base $root
+base $root "$harness/init"
 copy_modules $root xen-evtchn xen-gntdev xen-gntalloc tun bridge
 mkdir -p $root/usr/local/bin
 supervisors="$(dirname "$blkback")/storage-dd $(dirname "$blkback")/network-dd"
@@ -89,7 +38,7 @@ pack $root dd.cpio.gz
 
 # dom0.
 root=images/dom0
-base $root
+base $root "$harness/init"
 copy_modules $root xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop tun bridge
 mkdir -p $root/usr/lib/xen-4.17/bin $root/etc/xen/cfg $root/var/lib/xen $root/var/log/xen $root/var/lib/xenstored $root/boot
 for b in xl libxl-save-helper xen-init-dom0 xenconsoled xenstored; do
