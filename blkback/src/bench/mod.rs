@@ -20,6 +20,7 @@ use crate::storage::Disk;
 use crate::worker::{start_ring, RingSpec};
 
 mod disk_idle;
+pub mod vhost;
 
 /// One workload.
 #[derive(Debug, Clone, Copy)]
@@ -355,6 +356,20 @@ impl Selection {
     }
 }
 
+/// Makes `dir/bench.img`, `file_mib` MiB written in full (reads must hit the disk, not holes).
+fn test_file(dir: &Path, file_mib: u64) -> std::result::Result<PathBuf, String> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let file: PathBuf = dir.join("bench.img");
+    let mut f = std::fs::File::create(&file).map_err(|e| e.to_string())?;
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..file_mib {
+        f.write_all(&chunk).map_err(|e| e.to_string())?;
+    }
+    f.sync_all().map_err(|e| e.to_string())?;
+    Ok(file)
+}
+
 /// Runs the selected workloads and prints the tables.
 pub async fn run(
     dir: &Path,
@@ -363,19 +378,8 @@ pub async fn run(
     selection: &Selection,
     out: &mut dyn std::io::Write,
 ) -> std::result::Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let file: PathBuf = dir.join("bench.img");
+    let file = test_file(dir, file_mib)?;
     let bytes = file_mib << 20;
-    {
-        // A fully written file: reads must hit the disk, not holes.
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(&file).map_err(|e| e.to_string())?;
-        let chunk = vec![0xa5u8; 1 << 20];
-        for _ in 0..file_mib {
-            f.write_all(&chunk).map_err(|e| e.to_string())?;
-        }
-        f.sync_all().map_err(|e| e.to_string())?;
-    }
     let w = |e: std::io::Error| e.to_string();
     writeln!(out, "blkback on the simulated host vs fio (io_uring, O_DIRECT) on the same {file_mib} MiB file, {seconds} s per run").map_err(w)?;
     writeln!(

@@ -30,6 +30,10 @@ struct Args {
     /// show the median: the machine is noisy.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15))]
     repeat: u32,
+    /// Measure blkback-vhost-user against qemu-storage-daemon's vhost-user-blk export instead
+    /// (needs qemu-storage-daemon: apt-get install qemu-system-common).
+    #[arg(long)]
+    vhost_user: bool,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,29 @@ fn main() -> ExitCode {
         eprintln!("blkback-bench: --queues takes counts from 1 to 16, e.g. --queues 1,2");
         return ExitCode::FAILURE;
     }
+    let selection = blkback::bench::Selection {
+        workload: args.workload,
+        queues: args.queues,
+        main_only: args.main_only,
+        repeat: args.repeat as usize,
+    };
+    let mut stdout = std::io::stdout();
+    if args.vhost_user {
+        let result = blkback::bench::vhost::run(
+            &args.dir,
+            args.file_mib,
+            args.seconds,
+            &selection,
+            &mut stdout,
+        );
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("blkback-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -45,17 +72,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut stdout = std::io::stdout();
     match runtime.block_on(blkback::bench::run(
         &args.dir,
         args.file_mib,
         args.seconds,
-        &blkback::bench::Selection {
-            workload: args.workload,
-            queues: args.queues,
-            main_only: args.main_only,
-            repeat: args.repeat as usize,
-        },
+        &selection,
         &mut stdout,
     )) {
         Ok(()) => ExitCode::SUCCESS,

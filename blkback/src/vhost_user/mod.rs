@@ -5,7 +5,8 @@
 //! - [`config`]: the virtio features and configuration space offered;
 //! - [`request`]: one descriptor chain parsed and checked (pure);
 //! - [`queue`]: one virtqueue's engine on its own thread and its own io_uring;
-//! - [`serve`]: the socket, one frontend connection after another.
+//! - [`serve`]: the socket, one frontend connection after another;
+//! - [`frontend`]: the VMM's and the guest driver's side, for the tests and the benchmark.
 //!
 //! Offered: `VIRTIO_F_VERSION_1`, event index, indirect descriptors, `SEG_MAX`, `BLK_SIZE`
 //! (512 or 4096), `TOPOLOGY`, `FLUSH` (fdatasync), `DISCARD` (hole punch / BLKDISCARD),
@@ -13,6 +14,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod frontend;
 pub mod queue;
 pub mod request;
 mod serve;
@@ -111,8 +113,8 @@ impl BlkDevice {
         self.inner.acked.load(Ordering::Relaxed)
     }
 
-    /// The epoll event id of queue `q`'s completions (past the ids the daemon reserves for
-    /// the queues' kicks and its exit event).
+    /// The epoll event id of queue `q`'s completions on its thread (past the ids the daemon
+    /// reserves for the vrings and its exit event).
     fn completion_event(&self, q: usize) -> u64 {
         (self.inner.engines.len() + 1 + q) as u64
     }
@@ -189,22 +191,20 @@ impl VhostUserBackend for BlkDevice {
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if !evset.contains(EventSet::IN) {
             return Ok(());
         }
-        let queues = self.inner.engines.len();
-        let event = usize::from(device_event);
-        if event < queues {
-            let (Some(mut engine), Some(vring)) = (self.engine(event), vrings.get(event)) else {
-                return Ok(());
-            };
-            return engine.kick(vring, &self.inner.mem);
-        }
-        match event.checked_sub(queues + 1).and_then(|q| self.engine(q)) {
-            Some(mut engine) => engine.complete(&self.inner.mem),
-            None => Ok(()),
+        // One queue per thread (`queues_per_thread`): the daemon numbers a thread's vrings
+        // from 0, so the queue is the thread's index and its vring the thread's only one;
+        // any other event is that queue's io_uring (`completion_event`).
+        let Some(mut engine) = self.engine(thread_id) else {
+            return Ok(());
+        };
+        match vrings.get(usize::from(device_event)) {
+            Some(vring) => engine.kick(vring, &self.inner.mem),
+            None => engine.complete(&self.inner.mem),
         }
     }
 }

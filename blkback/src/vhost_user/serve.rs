@@ -70,7 +70,10 @@ pub fn serve(
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         info!("vhost-user-blk: frontend connected");
         match daemon.wait() {
-            Ok(()) => info!("vhost-user-blk: frontend disconnected"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => info!("vhost-user-blk: frontend disconnected"),
             Err(e) => warn!(error = %e, "vhost-user-blk: connection ended"),
         }
         for handler in &handlers {

@@ -4,23 +4,91 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod driver;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use blkback::storage::raw::{RawDisk, RawOptions};
+use blkback::vhost_user::frontend::{
+    self, header, Connection, GuestMemory, Virtqueue, F_EVENT_IDX,
+};
 use blkback::vhost_user::{serve, DeviceSpec, Served};
-use driver::*;
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
 
 const DISK_BYTES: u64 = 8 << 20;
+const MEM_SIZE: usize = 64 << 20;
+const QUEUE_SIZE: u16 = 128;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
 const WAIT: Duration = Duration::from_secs(10);
 const ALL: u64 = u64::MAX;
+
+type Guest = GuestMemory;
+type Vq = Virtqueue;
+
+fn new_guest(queues: usize) -> Guest {
+    GuestMemory::new(MEM_SIZE, queues).unwrap()
+}
+
+fn connect(socket: &std::path::Path, guest: &Guest, queues: usize, mask: u64) -> Connection {
+    frontend::connect(socket, guest, queues, QUEUE_SIZE, mask, WAIT).unwrap()
+}
+
+/// A block request made in guest memory: its chain's head, its status byte and its data.
+struct Request {
+    head: u16,
+    status: u64,
+    data: u64,
+}
+
+/// Builds and publishes a request of `kind` at `sector` with `len` bytes of data (written from
+/// `payload` for writes and discards; device-writable for reads and GET_ID).
+fn request(
+    guest: &mut Guest,
+    vq: &mut Vq,
+    kind: u32,
+    sector: u64,
+    len: u32,
+    payload: Option<&[u8]>,
+) -> Request {
+    let hdr = guest.alloc(16).unwrap();
+    guest.write(hdr, &header(kind, sector)).unwrap();
+    let status = guest.alloc(1).unwrap();
+    guest.write(status, &[0xff]).unwrap();
+    let mut chain = vec![(hdr, 16, false)];
+    let data = if len > 0 {
+        guest.alloc(u64::from(len)).unwrap()
+    } else {
+        0
+    };
+    if len > 0 {
+        if let Some(p) = payload {
+            guest.write(data, p).unwrap();
+        }
+        chain.push((data, len, payload.is_none()));
+    }
+    chain.push((status, 1, true));
+    let head = vq.add(guest, &chain).unwrap();
+    Request { head, status, data }
+}
+
+fn status(guest: &Guest, r: &Request) -> u8 {
+    guest.read(r.status, 1).unwrap()[0]
+}
+
+fn read(guest: &Guest, gpa: u64, len: usize) -> Vec<u8> {
+    guest.read(gpa, len).unwrap()
+}
+
+fn wait_used(guest: &Guest, vq: &mut Vq, want: usize, timeout: Duration) -> Vec<(u16, u32)> {
+    vq.wait_used(guest, want, timeout).unwrap()
+}
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -80,8 +148,8 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Publishes every request, kicks once, waits for all of them and checks their statuses.
 fn run_all(guest: &mut Guest, vq: &mut Vq, reqs: &[Request], want_status: u8) -> Vec<(u16, u32)> {
-    vq.notify();
-    let used = vq.wait_used(guest, reqs.len(), WAIT);
+    vq.notify().unwrap();
+    let used = wait_used(guest, vq, reqs.len(), WAIT);
     assert_eq!(used.len(), reqs.len(), "every request is answered");
     for r in reqs {
         assert_eq!(status(guest, r), want_status, "request at head {}", r.head);
@@ -92,7 +160,7 @@ fn run_all(guest: &mut Guest, vq: &mut Vq, reqs: &[Request], want_status: u8) ->
 #[test]
 fn a_vmm_negotiates_and_the_guest_reads_back_what_it_wrote() {
     let rig = rig(2, false, 1);
-    let mut guest = Guest::new();
+    let mut guest = new_guest(2);
     let mut dev = connect(&rig.socket, &guest, 2, ALL);
     assert_ne!(dev.features & F_EVENT_IDX, 0);
     for bit in [9, 12, 13, 6, 2] {
@@ -118,8 +186,8 @@ fn a_vmm_negotiates_and_the_guest_reads_back_what_it_wrote() {
             reqs.push(request(&mut guest, vq, T_OUT, sector, len, Some(&data)));
             written.push((q, sector, data));
         }
-        vq.notify();
-        let used = vq.wait_used(&guest, reqs.len(), WAIT);
+        vq.notify().unwrap();
+        let used = wait_used(&guest, vq, reqs.len(), WAIT);
         assert_eq!(used.len(), reqs.len());
         assert!(
             used.iter().all(|&(_, len)| len == 1),
@@ -139,7 +207,7 @@ fn a_vmm_negotiates_and_the_guest_reads_back_what_it_wrote() {
             data.len() + 1,
             "a read puts data and status"
         );
-        assert_eq!(&guest.read(r.data, data.len()), data, "sector {sector}");
+        assert_eq!(&read(&guest, r.data, data.len()), data, "sector {sector}");
     }
     // The file holds it too.
     let file = std::fs::read(&rig.disk).unwrap();
@@ -151,7 +219,7 @@ fn a_vmm_negotiates_and_the_guest_reads_back_what_it_wrote() {
     let vq = &mut dev.queues[0];
     let id = request(&mut guest, vq, T_GET_ID, 0, 20, None);
     run_all(&mut guest, vq, std::slice::from_ref(&id), 0);
-    assert_eq!(&guest.read(id.data, 20)[..19], b"blkback-test-serial");
+    assert_eq!(&read(&guest, id.data, 20)[..19], b"blkback-test-serial");
 
     // Discard punches a hole that reads back as zeros.
     let mut range = [0u8; 16];
@@ -161,15 +229,53 @@ fn a_vmm_negotiates_and_the_guest_reads_back_what_it_wrote() {
     run_all(&mut guest, vq, std::slice::from_ref(&d), 0);
     let r = request(&mut guest, vq, T_IN, 16, 8192, None);
     run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
-    assert!(guest.read(r.data, 8192).iter().all(|&b| b == 0));
+    assert!(read(&guest, r.data, 8192).iter().all(|&b| b == 0));
     drop(dev);
     assert_eq!(rig.finish().connections, 1);
 }
 
 #[test]
+fn queues_in_flight_at_once_answer_on_their_own_rings() {
+    let rig = rig(2, false, 1);
+    let mut guest = new_guest(2);
+    let mut dev = connect(&rig.socket, &guest, 2, ALL);
+    for round in 0..10u64 {
+        let mut sent = Vec::new();
+        for (q, vq) in dev.queues.iter_mut().enumerate() {
+            let reqs: Vec<Request> = (0..16u64)
+                .map(|i| {
+                    let sector = (q as u64 * 4096) + (round * 16 + i) * 8;
+                    request(&mut guest, vq, T_IN, sector, 4096, None)
+                })
+                .collect();
+            sent.push(reqs);
+        }
+        for vq in &mut dev.queues {
+            vq.notify().unwrap();
+        }
+        for (vq, reqs) in dev.queues.iter_mut().zip(&sent) {
+            let mut used: Vec<u16> = wait_used(&guest, vq, reqs.len(), WAIT)
+                .iter()
+                .map(|&(head, _)| head)
+                .collect();
+            let mut heads: Vec<u16> = reqs.iter().map(|r| r.head).collect();
+            used.sort_unstable();
+            heads.sort_unstable();
+            assert_eq!(
+                used, heads,
+                "each queue answers its own requests, round {round}"
+            );
+            assert!(reqs.iter().all(|r| status(&guest, r) == 0));
+        }
+    }
+    drop(dev);
+    rig.finish();
+}
+
+#[test]
 fn without_event_idx_every_completion_is_signalled() {
     let rig = rig(1, false, 1);
-    let mut guest = Guest::new();
+    let mut guest = new_guest(2);
     let mut dev = connect(&rig.socket, &guest, 1, ALL & !F_EVENT_IDX);
     assert_eq!(dev.features & F_EVENT_IDX, 0);
     let vq = &mut dev.queues[0];
@@ -179,7 +285,7 @@ fn without_event_idx_every_completion_is_signalled() {
         run_all(&mut guest, vq, std::slice::from_ref(&w), 0);
         let r = request(&mut guest, vq, T_IN, i * 8, 4096, None);
         run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
-        assert_eq!(guest.read(r.data, 4096), data);
+        assert_eq!(read(&guest, r.data, 4096), data);
     }
     drop(dev);
     rig.finish();
@@ -188,7 +294,7 @@ fn without_event_idx_every_completion_is_signalled() {
 #[test]
 fn hostile_chains_get_an_error_and_the_device_keeps_serving() {
     let rig = rig(2, false, 1);
-    let mut guest = Guest::new();
+    let mut guest = new_guest(2);
     let mut dev = connect(&rig.socket, &guest, 2, ALL);
     let (q0, rest) = dev.queues.split_at_mut(1);
     let vq = &mut q0[0];
@@ -197,13 +303,15 @@ fn hostile_chains_get_an_error_and_the_device_keeps_serving() {
     // Data outside guest memory, past the disk's end, unaligned, unknown type.
     let reqs = [
         {
-            let hdr = guest.alloc(16);
-            guest.write(hdr, &header(T_IN, 0));
-            let st = guest.alloc(1);
-            let head = vq.add(
-                &guest,
-                &[(hdr, 16, false), (outside, 4096, true), (st, 1, true)],
-            );
+            let hdr = guest.alloc(16).unwrap();
+            guest.write(hdr, &header(T_IN, 0)).unwrap();
+            let st = guest.alloc(1).unwrap();
+            let head = vq
+                .add(
+                    &guest,
+                    &[(hdr, 16, false), (outside, 4096, true), (st, 1, true)],
+                )
+                .unwrap();
             (
                 Request {
                     head,
@@ -220,27 +328,28 @@ fn hostile_chains_get_an_error_and_the_device_keeps_serving() {
         (request(&mut guest, vq, T_OUT, 0, 100, Some(&[7; 100])), 1),
         (request(&mut guest, vq, 0x1234, 0, 0, None), 2),
     ];
-    vq.notify();
-    assert_eq!(vq.wait_used(&guest, reqs.len(), WAIT).len(), reqs.len());
+    vq.notify().unwrap();
+    assert_eq!(wait_used(&guest, vq, reqs.len(), WAIT).len(), reqs.len());
     for (r, want) in &reqs {
         assert_eq!(status(&guest, r), *want);
     }
 
     // No status byte at all: returned unanswered (used length 0); a descriptor that loops
     // onto itself is cut at the queue size.
-    let hdr = guest.alloc(16);
-    guest.write(hdr, &header(T_IN, 0));
-    let head = vq.add(&guest, &[(hdr, 16, false)]);
-    vq.notify();
-    assert_eq!(vq.wait_used(&guest, 1, WAIT), vec![(head, 0)]);
-    let looped = vq.add(&guest, &[(hdr, 16, false), (hdr, 16, false)]);
-    // Queue 0's descriptor table starts at guest address 0.
-    let at = u64::from(looped) * 16 + 14;
-    let second = u16::from_le_bytes(guest.read(at, 2).try_into().unwrap());
-    guest.write(u64::from(second) * 16 + 12, &1u16.to_le_bytes()); // NEXT
-    guest.write(u64::from(second) * 16 + 14, &second.to_le_bytes()); // to itself
-    vq.notify();
-    let used = vq.wait_used(&guest, 1, WAIT);
+    let hdr = guest.alloc(16).unwrap();
+    guest.write(hdr, &header(T_IN, 0)).unwrap();
+    let head = vq.add(&guest, &[(hdr, 16, false)]).unwrap();
+    vq.notify().unwrap();
+    assert_eq!(wait_used(&guest, vq, 1, WAIT), vec![(head, 0)]);
+    let looped = vq
+        .add(&guest, &[(hdr, 16, false), (hdr, 16, false)])
+        .unwrap();
+    let second = vq.next_of(looped).unwrap();
+    // The second descriptor: NEXT, pointing to itself.
+    vq.write_descriptor(&guest, second, (hdr, 16, 1, second))
+        .unwrap();
+    vq.notify().unwrap();
+    let used = wait_used(&guest, vq, 1, WAIT);
     assert_eq!(used, vec![(looped, 0)]);
 
     // Good requests still work on this queue.
@@ -249,15 +358,15 @@ fn hostile_chains_get_an_error_and_the_device_keeps_serving() {
     run_all(&mut guest, vq, std::slice::from_ref(&w), 0);
 
     // An available index more than a ring ahead: the queue is unusable, the device lives.
-    vq.set_avail_idx(&guest, 5000);
-    vq.notify();
+    vq.set_avail_idx(&guest, 5000).unwrap();
+    vq.notify().unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
     // The other queue keeps serving, and reads what the first wrote.
     let other = &mut rest[0];
     let r = request(&mut guest, other, T_IN, 64, 4096, None);
     run_all(&mut guest, other, std::slice::from_ref(&r), 0);
-    assert_eq!(guest.read(r.data, 4096), data);
+    assert_eq!(read(&guest, r.data, 4096), data);
     drop(dev);
     rig.finish();
 }
@@ -265,7 +374,7 @@ fn hostile_chains_get_an_error_and_the_device_keeps_serving() {
 #[test]
 fn read_only_disks_refuse_writes_and_discards() {
     let rig = rig(1, true, 1);
-    let mut guest = Guest::new();
+    let mut guest = new_guest(2);
     let mut dev = connect(&rig.socket, &guest, 1, ALL);
     assert_ne!(dev.features & 1 << 5, 0, "VIRTIO_BLK_F_RO");
     assert_eq!(dev.features & 1 << 13, 0, "no discard");
@@ -287,7 +396,7 @@ fn read_only_disks_refuse_writes_and_discards() {
 #[test]
 fn stopping_a_ring_waits_for_its_requests_and_a_new_connection_sees_the_data() {
     let rig = rig(1, false, 2);
-    let mut guest = Guest::new();
+    let mut guest = new_guest(2);
     let mut dev = connect(&rig.socket, &guest, 1, ALL);
     let vq = &mut dev.queues[0];
     let mut reqs = Vec::new();
@@ -299,32 +408,32 @@ fn stopping_a_ring_waits_for_its_requests_and_a_new_connection_sees_the_data() {
         ));
     }
     let flush = request(&mut guest, vq, T_FLUSH, 0, 0, None);
-    vq.notify();
+    vq.notify().unwrap();
     // GET_VRING_BASE (the VM pauses): the ring stops where the device got to, and everything
     // it took off the ring is answered before the call returns.
     let base = dev.frontend.get_vring_base(0).unwrap();
     assert!(base <= 33, "{base}");
     let vq = &mut dev.queues[0];
-    let used = vq.wait_used(&guest, 33, Duration::from_millis(200));
+    let used = wait_used(&guest, vq, 33, Duration::from_millis(200));
     assert_eq!(used.len(), base as usize, "taken means answered");
     // The VM resumes: the device continues from there.
-    dev.restart(&guest, 0, base as u16);
+    dev.start(&guest, 0, base as u16).unwrap();
     let vq = &mut dev.queues[0];
-    vq.notify();
-    let rest = vq.wait_used(&guest, 33 - base as usize, WAIT);
+    vq.notify().unwrap();
+    let rest = wait_used(&guest, vq, 33 - base as usize, WAIT);
     assert_eq!(rest.len(), 33 - base as usize);
     assert!(reqs.iter().all(|(r, _)| status(&guest, r) == 0));
     assert_eq!(status(&guest, &flush), 0);
     drop(dev);
 
     // The VMM comes back (a restarted QEMU, or the guest rebooted): fresh rings, same disk.
-    let mut guest = Guest::new();
+    let mut guest = new_guest(2);
     let mut dev = connect(&rig.socket, &guest, 1, ALL);
     let vq = &mut dev.queues[0];
     for (i, (_, data)) in reqs.iter().enumerate() {
         let r = request(&mut guest, vq, T_IN, i as u64 * 128, 65536, None);
         run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
-        assert_eq!(&guest.read(r.data, 65536), data, "request {i}");
+        assert_eq!(&read(&guest, r.data, 65536), data, "request {i}");
     }
     drop(dev);
     assert_eq!(rig.finish().connections, 2);
