@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{test_file, Result, Selection, Workload, WORKLOADS};
+use vhost::VhostBackend;
+
 use crate::vhost_user::frontend::{self, header, GuestMemory, Virtqueue};
 
 /// Entries per virtqueue (QEMU's vhost-user-blk default is 128; 256 leaves room for QD32
@@ -174,7 +176,7 @@ fn drive_all(
         }
         slots.push(q);
     }
-    let connection = frontend::connect(
+    let mut connection = frontend::connect(
         socket,
         &mem,
         queues,
@@ -189,8 +191,7 @@ fn drive_all(
     let region = file_bytes / queues as u64;
     let mem = &mem;
     let ios = std::thread::scope(|s| {
-        let threads: Vec<_> = connection
-            .queues
+        let threads: Vec<_> = std::mem::take(&mut connection.queues)
             .into_iter()
             .zip(&slots)
             .enumerate()
@@ -211,6 +212,11 @@ fn drive_all(
     })?;
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds(child.id()) - cpu0;
+    // Stop the rings as a VMM does before it goes (the backend finishes what is in flight),
+    // so that no backend is left completing requests for a frontend that has gone.
+    for q in 0..queues {
+        let _ = connection.frontend.get_vring_base(q);
+    }
     let iops = ios as f64 / elapsed;
     Ok(Result {
         iops,
