@@ -293,6 +293,30 @@ impl Virtqueue {
         Ok(head)
     }
 
+    /// Puts a chain on the available ring through an indirect table written at guest address
+    /// `table` (one ring descriptor, `VIRTQ_DESC_F_INDIRECT`); returns its head.
+    pub fn add_indirect(
+        &mut self,
+        mem: &GuestMemory,
+        table: u64,
+        bufs: &[(u64, u32, bool)],
+    ) -> Result<u16> {
+        for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
+            let more = i + 1 < bufs.len();
+            let flags = u16::from(writable) * 2 + u16::from(more);
+            let next = if more { i as u16 + 1 } else { 0 };
+            self.write_descriptor_at(mem, table + 16 * i as u64, (addr, len, flags, next))?;
+        }
+        let head = self.free.pop().ok_or(FrontendError::Full)?;
+        let len = 16 * bufs.len() as u32;
+        self.write_descriptor(mem, head, (table, len, 4, 0))?;
+        if let Some(slot) = self.next.get_mut(usize::from(head)) {
+            *slot = None;
+        }
+        self.publish(mem, head)?;
+        Ok(head)
+    }
+
     /// Puts `head` on the available ring as it is (hostile tests publish what they like).
     pub fn publish(&mut self, mem: &GuestMemory, head: u16) -> Result<()> {
         let slot = self.avail + 4 + u64::from(self.avail_idx % self.size) * 2;
@@ -314,13 +338,21 @@ impl Virtqueue {
         id: u16,
         descriptor: (u64, u32, u16, u16),
     ) -> Result<()> {
-        let (addr, len, flags, next) = descriptor;
+        self.write_descriptor_at(mem, self.desc + u64::from(id) * 16, descriptor)
+    }
+
+    fn write_descriptor_at(
+        &self,
+        mem: &GuestMemory,
+        gpa: u64,
+        (addr, len, flags, next): (u64, u32, u16, u16),
+    ) -> Result<()> {
         let mut d = [0u8; 16];
         d[..8].copy_from_slice(&addr.to_le_bytes());
         d[8..12].copy_from_slice(&len.to_le_bytes());
         d[12..14].copy_from_slice(&flags.to_le_bytes());
         d[14..].copy_from_slice(&next.to_le_bytes());
-        mem.write(self.desc + u64::from(id) * 16, &d)
+        mem.write(gpa, &d)
     }
 
     /// The descriptor after `id` in the chain this driver built.

@@ -278,5 +278,6 @@ fn discard(
     Ok(Request::Discard { offset, len })
 }
 
+pub mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -99,18 +99,22 @@ struct Rig {
 
 /// A disk file and a server on a fresh socket that serves `connections` frontends.
 fn rig(queues: u16, read_only: bool, connections: u64) -> Rig {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let disk = dir.path().join("disk.img");
-    std::fs::write(&disk, vec![0u8; DISK_BYTES as usize]).unwrap();
-    let socket = dir.path().join("vhost.sock");
-    let raw = RawDisk::open(
-        &disk,
+    rig_with(
+        queues,
         RawOptions {
             read_only,
             ..RawOptions::default()
         },
+        connections,
     )
-    .unwrap();
+}
+
+fn rig_with(queues: u16, options: RawOptions, connections: u64) -> Rig {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; DISK_BYTES as usize]).unwrap();
+    let socket = dir.path().join("vhost.sock");
+    let raw = RawDisk::open(&disk, options).unwrap();
     let spec = DeviceSpec {
         disk: Arc::new(raw),
         queues,
@@ -367,6 +371,117 @@ fn hostile_chains_get_an_error_and_the_device_keeps_serving() {
     let r = request(&mut guest, other, T_IN, 64, 4096, None);
     run_all(&mut guest, other, std::slice::from_ref(&r), 0);
     assert_eq!(read(&guest, r.data, 4096), data);
+    drop(dev);
+    rig.finish();
+}
+
+#[test]
+fn indirect_tables_carry_requests_and_bad_ones_are_refused() {
+    let rig = rig(1, false, 1);
+    let mut guest = new_guest(1);
+    let mut dev = connect(&rig.socket, &guest, 1, ALL);
+    assert_ne!(dev.features & 1 << 28, 0, "VIRTIO_RING_F_INDIRECT_DESC");
+    let vq = &mut dev.queues[0];
+    let data = pattern(77, 8192);
+    let (hdr, buf, st, table) = (
+        guest.alloc(16).unwrap(),
+        guest.alloc(8192).unwrap(),
+        guest.alloc(1).unwrap(),
+        guest.alloc(4096).unwrap(),
+    );
+    // A write whose data is split over two table entries, then a read of it the same way.
+    guest.write(hdr, &header(T_OUT, 40)).unwrap();
+    guest.write(buf, &data).unwrap();
+    let chain = [
+        (hdr, 16, false),
+        (buf, 4096, false),
+        (buf + 4096, 4096, false),
+        (st, 1, true),
+    ];
+    vq.add_indirect(&guest, table, &chain).unwrap();
+    vq.notify().unwrap();
+    assert_eq!(wait_used(&guest, vq, 1, WAIT).len(), 1);
+    assert_eq!(read(&guest, st, 1), [0]);
+    guest.write(buf, &[0; 8192]).unwrap();
+    guest.write(hdr, &header(T_IN, 40)).unwrap();
+    let chain = [
+        (hdr, 16, false),
+        (buf, 4096, true),
+        (buf + 4096, 4096, true),
+        (st, 1, true),
+    ];
+    vq.add_indirect(&guest, table, &chain).unwrap();
+    vq.notify().unwrap();
+    let used = wait_used(&guest, vq, 1, WAIT);
+    assert_eq!(used[0].1, 8193);
+    assert_eq!(read(&guest, buf, 8192), data);
+
+    // A table whose length is not whole descriptors, one outside guest memory, and one that
+    // nests another indirect table: nothing can be read from them, so they come back unanswered.
+    let bad = [
+        (table, 20, 4u16),
+        ((MEM_SIZE as u64) << 2, 48, 4),
+        (table, 16, 4),
+    ];
+    guest
+        .write(table, &{
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&table.to_le_bytes());
+            d[8..12].copy_from_slice(&16u32.to_le_bytes());
+            d[12..14].copy_from_slice(&4u16.to_le_bytes());
+            d
+        })
+        .unwrap();
+    for (i, &(addr, len, flags)) in bad.iter().enumerate() {
+        let head = 100 + i as u16;
+        vq.write_descriptor(&guest, head, (addr, len, flags, 0))
+            .unwrap();
+        vq.publish(&guest, head).unwrap();
+    }
+    vq.notify().unwrap();
+    let used = wait_used(&guest, vq, bad.len(), WAIT);
+    assert_eq!(used, vec![(100, 0), (101, 0), (102, 0)]);
+
+    // Still serving.
+    let r = request(&mut guest, vq, T_IN, 40, 8192, None);
+    run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
+    assert_eq!(read(&guest, r.data, 8192), data);
+    drop(dev);
+    rig.finish();
+}
+
+#[test]
+fn a_disk_of_4096_byte_sectors_takes_only_whole_sectors() {
+    let rig = rig_with(
+        1,
+        RawOptions {
+            sector_size: Some(4096),
+            ..RawOptions::default()
+        },
+        1,
+    );
+    let mut guest = new_guest(1);
+    let mut dev = connect(&rig.socket, &guest, 1, ALL);
+    let (_, config) = dev
+        .frontend
+        .get_config(0, 60, VhostUserConfigFlags::empty(), &[0u8; 60])
+        .unwrap();
+    assert_eq!(config[20..24], 4096u32.to_le_bytes(), "blk_size");
+    let vq = &mut dev.queues[0];
+    let data = pattern(5, 8192);
+    let w = request(&mut guest, vq, T_OUT, 16, 8192, Some(&data));
+    run_all(&mut guest, vq, std::slice::from_ref(&w), 0);
+    let r = request(&mut guest, vq, T_IN, 16, 8192, None);
+    run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
+    assert_eq!(read(&guest, r.data, 8192), data);
+    // Sector counts stay in 512-byte units; a start or a length that is not a whole 4 KiB
+    // sector is refused.
+    let bad = [
+        request(&mut guest, vq, T_IN, 17, 4096, None),
+        request(&mut guest, vq, T_IN, 16, 512, None),
+        request(&mut guest, vq, T_OUT, 8, 1024, Some(&[1; 1024])),
+    ];
+    run_all(&mut guest, vq, &bad, 1);
     drop(dev);
     rig.finish();
 }

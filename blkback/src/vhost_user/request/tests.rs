@@ -292,3 +292,11 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The fuzz harness on random input (the fuzzer runs it on nightly).
+    #[test]
+    fn the_fuzz_harness_holds_on_random_input(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        super::fuzz::run(&data);
+    }
+}
