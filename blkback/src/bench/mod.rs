@@ -356,6 +356,41 @@ impl Selection {
     }
 }
 
+/// Sorts measurements by their ratio and returns the median one with the range of ratios
+/// ("  (lo-hi)", empty for a single measurement).
+fn median_with_range<T: Copy>(mut pairs: Vec<(f64, T)>) -> Option<(f64, T, String)> {
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let spread = match (pairs.first(), pairs.last()) {
+        (Some(lo), Some(hi)) if pairs.len() > 1 => format!("  ({:.2}-{:.2})", lo.0, hi.0),
+        _ => String::new(),
+    };
+    let &(ratio, item) = pairs.get(pairs.len() / 2)?;
+    Some((ratio, item, spread))
+}
+
+/// One row of a table comparing ours with a limit.
+fn row(
+    name: &str,
+    queues: usize,
+    limit: &Result,
+    ours: &Result,
+    ratio: f64,
+    spread: &str,
+) -> String {
+    format!(
+        "{:<20} {:>2}  {:>10.0} {:>9.1} {:>8.1}  {:>10.0} {:>9.1} {:>8.1}  {:>6.2}{spread}",
+        name,
+        queues,
+        limit.iops,
+        limit.mbps,
+        limit.cpu_us,
+        ours.iops,
+        ours.mbps,
+        ours.cpu_us,
+        ratio,
+    )
+}
+
 /// Makes `dir/bench.img`, `file_mib` MiB written in full (reads must hit the disk, not holes).
 fn test_file(dir: &Path, file_mib: u64) -> std::result::Result<PathBuf, String> {
     use std::io::Write as _;
@@ -414,29 +449,19 @@ pub async fn run(
                 let sampler = disk_idle::DiskIdle::start(&file);
                 let ours = ours(dir, &file, bytes, wl, queues, seconds, PERSISTENT).await?;
                 let ours_idle = sampler.and_then(disk_idle::DiskIdle::finish);
-                pairs.push((ours.iops / limit.iops, limit, ours, (limit_idle, ours_idle)));
+                pairs.push((
+                    ours.iops / limit.iops,
+                    (limit, ours, (limit_idle, ours_idle)),
+                ));
             }
-            pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let spread = match (pairs.first(), pairs.last()) {
-                (Some(lo), Some(hi)) if pairs.len() > 1 => format!("  ({:.2}-{:.2})", lo.0, hi.0),
-                _ => String::new(),
-            };
-            let Some(&(ratio, limit, ours, idle)) = pairs.get(pairs.len() / 2) else {
+            let Some((ratio, (limit, ours, idle), spread)) = median_with_range(pairs) else {
                 continue;
             };
             limits.push((wl.name, queues, limit));
             writeln!(
                 out,
-                "{:<20} {:>2}  {:>10.0} {:>9.1} {:>8.1}  {:>10.0} {:>9.1} {:>8.1}  {:>6.2}{spread}",
-                wl.name,
-                queues,
-                limit.iops,
-                limit.mbps,
-                limit.cpu_us,
-                ours.iops,
-                ours.mbps,
-                ours.cpu_us,
-                ratio,
+                "{}",
+                row(wl.name, queues, &limit, &ours, ratio, &spread)
             )
             .map_err(w)?;
             if let (Some(fio_idle), Some(our_idle)) = idle {

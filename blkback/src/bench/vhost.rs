@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{test_file, Result, Selection, Workload, WORKLOADS};
+use super::{median_with_range, row, test_file, Result, Selection, Workload, WORKLOADS};
 use vhost::VhostBackend;
 
 use crate::vhost_user::frontend::{self, header, GuestMemory, Virtqueue};
@@ -335,28 +335,15 @@ pub fn run(
                     seconds,
                 )?;
                 let ours = measure(Backend::Ours, dir, &file, bytes, wl, queues, seconds)?;
-                pairs.push((ours.iops / limit.iops, limit, ours));
+                pairs.push((ours.iops / limit.iops, (limit, ours)));
             }
-            pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let spread = match (pairs.first(), pairs.last()) {
-                (Some(lo), Some(hi)) if pairs.len() > 1 => format!("  ({:.2}-{:.2})", lo.0, hi.0),
-                _ => String::new(),
-            };
-            let Some(&(ratio, limit, ours)) = pairs.get(pairs.len() / 2) else {
+            let Some((ratio, (limit, ours), spread)) = median_with_range(pairs) else {
                 continue;
             };
             writeln!(
                 out,
-                "{:<20} {:>2}  {:>10.0} {:>9.1} {:>8.1}  {:>10.0} {:>9.1} {:>8.1}  {:>6.2}{spread}",
-                wl.name,
-                queues,
-                limit.iops,
-                limit.mbps,
-                limit.cpu_us,
-                ours.iops,
-                ours.mbps,
-                ours.cpu_us,
-                ratio,
+                "{}",
+                row(wl.name, queues, &limit, &ours, ratio, &spread)
             )
             .map_err(w)?;
         }
