@@ -108,6 +108,37 @@ fn write_read_flush_discard_round_trip() {
     assert!(back[..4096].iter().all(|&b| b == 0), "punched");
     assert!(back[4096..].iter().all(|&b| b == 0x5a), "the rest kept");
 
+    // Write zeroes, in place (zero range) and giving the space back (hole punch).
+    for (tag, unmap) in [(10, false), (11, true)] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(&[0x66; 1024], 16384)
+            .unwrap();
+        // SAFETY: no buffers.
+        unsafe {
+            q.push(
+                Op::WriteZeroes {
+                    offset: 16384,
+                    len: 512,
+                    unmap,
+                },
+                tag,
+            )
+            .unwrap()
+        };
+        q.submit().unwrap();
+        assert_eq!(wait(q.as_mut(), 1)[0].result, 0, "unmap {unmap}");
+        let mut back = vec![0xffu8; 1024];
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut back, 16384)
+            .unwrap();
+        assert!(back[..512].iter().all(|&b| b == 0), "zeroed, unmap {unmap}");
+        assert!(back[512..].iter().all(|&b| b == 0x66), "the rest kept");
+    }
+
     // Reads past the end return short, not garbage.
     let iovs = [iov(&dst, 0, 4096)];
     // SAFETY: as above.
@@ -265,6 +296,38 @@ fn block_device_reports_its_geometry_and_serves_io() {
         0,
         "discard on a block device"
     );
+    // Write zeroes on a block device zeroes in place.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&[0x55; 8192], 4096 * 12)
+        .unwrap();
+    // SAFETY: no buffers.
+    unsafe {
+        q.push(
+            Op::WriteZeroes {
+                offset: 4096 * 12,
+                len: 4096,
+                unmap: true,
+            },
+            4,
+        )
+        .unwrap()
+    };
+    q.submit().unwrap();
+    assert_eq!(
+        wait(q.as_mut(), 1)[0].result,
+        0,
+        "write zeroes on a block device"
+    );
+    let mut back = vec![0xffu8; 8192];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut back, 4096 * 12)
+        .unwrap();
+    assert!(back[..4096].iter().all(|&b| b == 0), "zeroed");
+    assert!(back[4096..].iter().all(|&b| b == 0x55), "the rest kept");
     // The device grows (its backing file grows and the loop device re-reads its capacity,
     // as a resized logical volume would): the disk reports the new size.
     std::fs::OpenOptions::new()

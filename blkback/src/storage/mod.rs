@@ -56,6 +56,16 @@ pub enum Op {
         /// Bytes.
         len: u64,
     },
+    /// Make `len` bytes from `offset` read as zeros. With `unmap` the space may be given back
+    /// (a file's hole); without, it stays allocated.
+    WriteZeroes {
+        /// Byte offset on the disk.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+        /// The space may be deallocated.
+        unmap: bool,
+    },
 }
 
 /// The queue refused an operation because it is full; retry after completions.

@@ -135,7 +135,11 @@ impl Disk for RawDisk {
     }
 
     fn open_queue(&self, depth: u32) -> io::Result<Box<dyn Queue>> {
-        Ok(Box::new(UringQueue::new(Arc::clone(&self.file), depth)?))
+        Ok(Box::new(UringQueue::new(
+            Arc::clone(&self.file),
+            self.block_device,
+            depth,
+        )?))
     }
 }
 
@@ -151,6 +155,7 @@ const MAX_WATCHED: usize = 8;
 struct UringQueue {
     ring: IoUring,
     file: Arc<File>,
+    block_device: bool,
     in_flight: usize,
     depth: usize,
     /// Which watched descriptors have a poll armed (one-shot polls, re-armed after they fire,
@@ -159,7 +164,7 @@ struct UringQueue {
 }
 
 impl UringQueue {
-    fn new(file: Arc<File>, depth: u32) -> io::Result<Self> {
+    fn new(file: Arc<File>, block_device: bool, depth: u32) -> io::Result<Self> {
         let depth = depth.clamp(1, 4096).next_power_of_two();
         let entries = depth + MAX_WATCHED as u32;
         let ring = IoUring::builder()
@@ -168,6 +173,7 @@ impl UringQueue {
         Ok(Self {
             ring,
             file,
+            block_device,
             in_flight: 0,
             depth: depth as usize,
             armed: [false; MAX_WATCHED],
@@ -199,6 +205,19 @@ impl Queue for UringQueue {
                 .offset(offset)
                 .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
                 .build(),
+            // A file may give the space back (a hole reads as zeros); a block device zeroes
+            // in place (BLKZEROOUT's path, which unmaps where the device can).
+            Op::WriteZeroes { offset, len, unmap } => {
+                let mode = if unmap && !self.block_device {
+                    libc::FALLOC_FL_PUNCH_HOLE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE
+                };
+                opcode::Fallocate::new(fd, len)
+                    .offset(offset)
+                    .mode(mode | libc::FALLOC_FL_KEEP_SIZE)
+                    .build()
+            }
         }
         .user_data(tag);
         // SAFETY: the caller guarantees (this method's contract) that the buffers and iovecs

@@ -4,7 +4,7 @@
 use vhost::vhost_user::message::VhostUserVirtioFeatures;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -17,10 +17,11 @@ use crate::storage::DiskInfo;
 /// Each segment is one `iovec`, and a chain also holds a header and a status descriptor.
 pub const SEG_MAX: u32 = 254;
 
-/// Largest discard, in 512-byte sectors (`max_discard_sectors`): 2 GiB, as QEMU offers.
+/// Largest discard or write-zeroes range, in 512-byte sectors (`max_discard_sectors`,
+/// `max_write_zeroes_sectors`): 2 GiB, as QEMU offers.
 pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 
-/// Discard ranges per request (`max_discard_seg`).
+/// Discard or write-zeroes ranges per request (`max_discard_seg`, `max_write_zeroes_seg`).
 pub const MAX_DISCARD_SEG: u32 = 1;
 
 /// The device's configuration space, little-endian, byte-packed as the specification lays it
@@ -58,11 +59,11 @@ pub struct BlkConfig {
     pub max_discard_seg: U32,
     /// Discard alignment, in 512-byte sectors.
     pub discard_sector_alignment: U32,
-    /// Write-zeroes limits (not offered).
+    /// Largest write-zeroes range, in 512-byte sectors.
     pub max_write_zeroes_sectors: U32,
-    /// Write-zeroes ranges per request (not offered).
+    /// Write-zeroes ranges per request.
     pub max_write_zeroes_seg: U32,
-    /// Write zeroes may unmap (not offered).
+    /// Write zeroes may deallocate (with its unmap flag).
     pub write_zeroes_may_unmap: u8,
     /// Reserved.
     pub unused1: [u8; 3],
@@ -87,6 +88,9 @@ impl BlkConfig {
             max_discard_sectors: MAX_DISCARD_SECTORS.into(),
             max_discard_seg: MAX_DISCARD_SEG.into(),
             discard_sector_alignment: (block.max(4096) / 512).into(),
+            max_write_zeroes_sectors: MAX_DISCARD_SECTORS.into(),
+            max_write_zeroes_seg: MAX_DISCARD_SEG.into(),
+            write_zeroes_may_unmap: u8::from(info.discard),
             ..Self::default()
         }
     }
@@ -120,8 +124,11 @@ pub fn features(info: &DiskInfo) -> u64 {
     .fold(0u64, |acc, bit| acc | 1 << bit);
     if info.read_only {
         bits |= 1 << VIRTIO_BLK_F_RO;
-    } else if info.discard {
-        bits |= 1 << VIRTIO_BLK_F_DISCARD;
+    } else {
+        bits |= 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        if info.discard {
+            bits |= 1 << VIRTIO_BLK_F_DISCARD;
+        }
     }
     bits | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
@@ -177,6 +184,8 @@ mod tests {
         assert_eq!(c.read(20, 4), 4096u32.to_le_bytes());
         assert_eq!(c.read(34, 2), 3u16.to_le_bytes());
         assert_eq!(c.read(44, 4), 8u32.to_le_bytes());
+        assert_eq!(c.read(48, 4), (1u32 << 22).to_le_bytes());
+        assert_eq!(c.read(56, 1), [1]);
         let c = BlkConfig::new(&info(512, 4096, false), 1);
         assert_eq!(c.read(24, 1), [3]);
         assert_eq!(c.read(44, 4), 8u32.to_le_bytes());
@@ -185,12 +194,14 @@ mod tests {
     }
 
     #[test]
-    fn read_only_disks_offer_no_discard() {
+    fn read_only_disks_offer_no_discard_and_no_write_zeroes() {
         let rw = features(&info(512, 512, false));
         let ro = features(&info(512, 512, true));
         assert_ne!(rw & 1 << VIRTIO_BLK_F_DISCARD, 0);
         assert_eq!(rw & 1 << VIRTIO_BLK_F_RO, 0);
         assert_eq!(ro & 1 << VIRTIO_BLK_F_DISCARD, 0);
         assert_ne!(ro & 1 << VIRTIO_BLK_F_RO, 0);
+        assert_ne!(rw & 1 << VIRTIO_BLK_F_WRITE_ZEROES, 0);
+        assert_eq!(ro & 1 << VIRTIO_BLK_F_WRITE_ZEROES, 0);
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Offered: `VIRTIO_F_VERSION_1`, event index, indirect descriptors, `SEG_MAX`, `BLK_SIZE`
 //! (512 or 4096), `TOPOLOGY`, `FLUSH` (fdatasync), `DISCARD` (hole punch / BLKDISCARD),
-//! `RO` for read-only disks, `MQ`; requests `IN`, `OUT`, `FLUSH`, `GET_ID`, `DISCARD`.
+//! `WRITE_ZEROES` (zero range, or a hole), `RO` for read-only disks, `MQ`; requests `IN`,
+//! `OUT`, `FLUSH`, `GET_ID`, `DISCARD`, `WRITE_ZEROES`.
 
 pub mod cli;
 pub mod config;

@@ -224,6 +224,9 @@ impl QueueEngine {
             Ok(Request::Discard { offset, len }) => {
                 (OpKind::Discard(offset, len), Vec::new(), 0, 1)
             }
+            Ok(Request::WriteZeroes { offset, len, unmap }) => {
+                (OpKind::WriteZeroes(offset, len, unmap), Vec::new(), 0, 1)
+            }
             Ok(Request::Read { len: 0, .. } | Request::Write { len: 0, .. }) => {
                 return refuse(VIRTIO_BLK_S_OK);
             }
@@ -272,6 +275,7 @@ impl QueueEngine {
             },
             OpKind::Flush => Op::Flush,
             OpKind::Discard(offset, len) => Op::Discard { offset, len },
+            OpKind::WriteZeroes(offset, len, unmap) => Op::WriteZeroes { offset, len, unmap },
         };
         // SAFETY: the iovecs live in the slot's record and point into the guest memory map
         // the record holds; the record stays in its slot, unchanged, until this tag's
@@ -331,6 +335,7 @@ enum OpKind {
     Write(u64),
     Flush,
     Discard(u64, u64),
+    WriteZeroes(u64, u64, bool),
 }
 
 enum Started {

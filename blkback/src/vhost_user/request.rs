@@ -6,7 +6,7 @@
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 
 use super::config::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
@@ -77,6 +77,15 @@ pub enum Request {
         offset: u64,
         /// Bytes.
         len: u64,
+    },
+    /// Make `len` bytes from byte `offset` read as zeros; `unmap`: the space may be freed.
+    WriteZeroes {
+        /// Byte offset on the disk.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+        /// The driver allows deallocation.
+        unmap: bool,
     },
 }
 
@@ -236,20 +245,31 @@ fn check(
         }
         VIRTIO_BLK_T_DISCARD if !limits.discard => Err(UNSUPP),
         VIRTIO_BLK_T_DISCARD if limits.read_only => Err(IOERR),
-        VIRTIO_BLK_T_DISCARD => discard(readable, read, limits),
+        VIRTIO_BLK_T_DISCARD => {
+            let (offset, len, _) = range(readable, read, limits, false)?;
+            Ok(Request::Discard { offset, len })
+        }
+        VIRTIO_BLK_T_WRITE_ZEROES if limits.read_only => Err(IOERR),
+        VIRTIO_BLK_T_WRITE_ZEROES => {
+            let (offset, len, unmap) = range(readable, read, limits, true)?;
+            Ok(Request::WriteZeroes { offset, len, unmap })
+        }
         _ => Err(UNSUPP),
     }
 }
 
-/// One discard range; more than [`MAX_DISCARD_SEG`] or any flag set (the unmap bit is for
-/// write-zeroes only, the rest reserved) is unsupported, as the specification asks.
-fn discard(
+/// The one range of a discard or write-zeroes request: (byte offset, bytes, unmap). More than
+/// [`MAX_DISCARD_SEG`] ranges, or a flag other than write-zeroes' unmap bit, is unsupported,
+/// as the specification asks.
+fn range(
     mut readable: Vec<Segment>,
     read: impl Fn(u64, &mut [u8]) -> bool,
     limits: &Limits,
-) -> Result<Request, u8> {
+    unmap_allowed: bool,
+) -> Result<(u64, u64, bool), u8> {
     const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
     const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+    const UNMAP: u64 = 1;
     let len = total(&readable);
     if len == 0 || len % RANGE_LEN as u64 != 0 {
         return Err(IOERR);
@@ -267,7 +287,8 @@ fn discard(
     let sector = u64::from_le_bytes(*sector);
     let tail = u64::from_le_bytes(*tail);
     let (sectors, flags) = (tail & 0xffff_ffff, tail >> 32);
-    if flags != 0 {
+    let allowed = if unmap_allowed { UNMAP } else { 0 };
+    if flags & !allowed != 0 {
         return Err(UNSUPP);
     }
     if sectors > u64::from(MAX_DISCARD_SECTORS) {
@@ -275,7 +296,7 @@ fn discard(
     }
     let len = sectors * 512;
     let offset = extent(sector, len, limits).ok_or(IOERR)?;
-    Ok(Request::Discard { offset, len })
+    Ok((offset, len, flags & UNMAP != 0))
 }
 
 pub mod fuzz;

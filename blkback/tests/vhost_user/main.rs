@@ -26,6 +26,7 @@ const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
 const T_GET_ID: u32 = 8;
 const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
 const WAIT: Duration = Duration::from_secs(10);
 const ALL: u64 = u64::MAX;
 
@@ -167,7 +168,7 @@ fn a_vmm_negotiates_and_the_guest_reads_back_what_it_wrote() {
     let mut guest = new_guest(2);
     let mut dev = connect(&rig.socket, &guest, 2, ALL);
     assert_ne!(dev.features & F_EVENT_IDX, 0);
-    for bit in [9, 12, 13, 6, 2] {
+    for bit in [9, 12, 13, 14, 6, 2] {
         assert_ne!(dev.features & 1 << bit, 0, "feature bit {bit} offered");
     }
     assert_eq!(dev.frontend.get_queue_num().unwrap(), 2);
@@ -234,6 +235,44 @@ fn a_vmm_negotiates_and_the_guest_reads_back_what_it_wrote() {
     let r = request(&mut guest, vq, T_IN, 16, 8192, None);
     run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
     assert!(read(&guest, r.data, 8192).iter().all(|&b| b == 0));
+
+    // Write zeroes, keeping the space (unmap 0) and then letting it go (unmap 1).
+    let data = pattern(4242, 16384);
+    let w = request(&mut guest, vq, T_OUT, 64, 16384, Some(&data));
+    run_all(&mut guest, vq, std::slice::from_ref(&w), 0);
+    let zero_range = |sector: u64, sectors: u32, flags: u32| {
+        let mut r = [0u8; 16];
+        r[..8].copy_from_slice(&sector.to_le_bytes());
+        r[8..12].copy_from_slice(&sectors.to_le_bytes());
+        r[12..].copy_from_slice(&flags.to_le_bytes());
+        r
+    };
+    let z = request(
+        &mut guest,
+        vq,
+        T_WRITE_ZEROES,
+        0,
+        16,
+        Some(&zero_range(64, 8, 0)),
+    );
+    run_all(&mut guest, vq, std::slice::from_ref(&z), 0);
+    let r = request(&mut guest, vq, T_IN, 64, 16384, None);
+    run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
+    let back = read(&guest, r.data, 16384);
+    assert!(back[..4096].iter().all(|&b| b == 0), "zeroed");
+    assert_eq!(back[4096..], data[4096..], "the rest untouched");
+    let z = request(
+        &mut guest,
+        vq,
+        T_WRITE_ZEROES,
+        0,
+        16,
+        Some(&zero_range(72, 24, 1)),
+    );
+    run_all(&mut guest, vq, std::slice::from_ref(&z), 0);
+    let r = request(&mut guest, vq, T_IN, 64, 16384, None);
+    run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
+    assert!(read(&guest, r.data, 16384).iter().all(|&b| b == 0));
     drop(dev);
     assert_eq!(rig.finish().connections, 1);
 }
@@ -498,6 +537,9 @@ fn read_only_disks_refuse_writes_and_discards() {
     run_all(&mut guest, vq, std::slice::from_ref(&w), 1);
     let d = request(&mut guest, vq, T_DISCARD, 0, 16, Some(&[0; 16]));
     run_all(&mut guest, vq, std::slice::from_ref(&d), 2);
+    assert_eq!(dev.features & 1 << 14, 0, "no write zeroes");
+    let z = request(&mut guest, vq, T_WRITE_ZEROES, 0, 16, Some(&[0; 16]));
+    run_all(&mut guest, vq, std::slice::from_ref(&z), 1);
     let r = request(&mut guest, vq, T_IN, 0, 512, None);
     run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
     drop(dev);

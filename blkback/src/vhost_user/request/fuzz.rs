@@ -80,7 +80,9 @@ pub fn run(data: &[u8]) {
                 assert_eq!(segments.iter().map(|s| u64::from(s.len)).sum::<u64>(), len);
                 assert!(segments.iter().all(|s| in_chain(s.addr, s.len)));
             }
-            Ok(Request::Discard { offset, len }) => assert!(offset + len <= disk),
+            Ok(Request::Discard { offset, len } | Request::WriteZeroes { offset, len, .. }) => {
+                assert!(offset + len <= disk)
+            }
             Ok(Request::GetId { segments }) => {
                 assert!(segments.iter().all(|s| in_chain(s.addr, s.len)))
             }

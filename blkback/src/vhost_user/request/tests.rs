@@ -161,6 +161,38 @@ fn discard_ranges_are_checked() {
     assert_eq!(m.parse(&two, &DISK).unwrap().request, Err(2), "two ranges");
     let short = [(0, 16, false), (100, 15, false), (200, 1, true)];
     assert_eq!(m.parse(&short, &DISK).unwrap().request, Err(1));
+    // Write zeroes takes the unmap flag and no other; a read-only disk refuses it.
+    m.header(0, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    m.put(100, &range(8, 16, 1));
+    assert_eq!(
+        m.parse(&chain, &DISK).unwrap().request,
+        Ok(Request::WriteZeroes {
+            offset: 4096,
+            len: 8192,
+            unmap: true
+        })
+    );
+    m.put(100, &range(8, 16, 0));
+    assert_eq!(
+        m.parse(&chain, &DISK).unwrap().request,
+        Ok(Request::WriteZeroes {
+            offset: 4096,
+            len: 8192,
+            unmap: false
+        })
+    );
+    m.put(100, &range(8, 16, 2));
+    assert_eq!(
+        m.parse(&chain, &DISK).unwrap().request,
+        Err(2),
+        "reserved flag"
+    );
+    let ro = Limits {
+        read_only: true,
+        ..DISK
+    };
+    assert_eq!(m.parse(&chain, &ro).unwrap().request, Err(1));
+    m.header(0, VIRTIO_BLK_T_DISCARD, 0);
     let no_discard = Limits {
         discard: false,
         ..DISK
@@ -285,7 +317,9 @@ proptest! {
                         prop_assert!(in_disk(offset, len));
                         prop_assert_eq!(total(&segments), len);
                     }
-                    Request::Discard { offset, len } => prop_assert!(in_disk(offset, len)),
+                    Request::Discard { offset, len } | Request::WriteZeroes { offset, len, .. } => {
+                        prop_assert!(in_disk(offset, len))
+                    }
                     Request::Flush | Request::GetId { .. } => {}
                 }
             }
