@@ -17,6 +17,8 @@ pub struct QueueStats {
     pub flushes: AtomicU64,
     /// Discards completed.
     pub discards: AtomicU64,
+    /// Write-zeroes requests (vhost-user-blk).
+    pub write_zeroes: AtomicU64,
     /// Requests that used indirect descriptors.
     pub indirect: AtomicU64,
     /// Requests answered with an error or `EOPNOTSUPP`.
@@ -50,6 +52,8 @@ pub struct QueueSnapshot {
     pub flushes: u64,
     /// See [`QueueStats::discards`].
     pub discards: u64,
+    /// Write-zeroes requests (vhost-user-blk).
+    pub write_zeroes: u64,
     /// See [`QueueStats::indirect`].
     pub indirect: u64,
     /// See [`QueueStats::errors`].
@@ -90,6 +94,7 @@ impl QueueStats {
             writes: get(&self.writes),
             flushes: get(&self.flushes),
             discards: get(&self.discards),
+            write_zeroes: get(&self.write_zeroes),
             indirect: get(&self.indirect),
             errors: get(&self.errors),
             sectors_read: get(&self.sectors_read),

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The vhost-user harness: blkback-vhost-user serves two disks (one read-write with two queues,
+# The vhost-user harness: blkback-vhost-user (under storage-dd) serves two disks (one read-write with two queues,
 # one read-only) to QEMU's vhost-user-blk-pci devices, and Debian's Linux 6.1 booted in that VM
 # (software emulation; no Xen) drives them with its unmodified virtio-blk driver. The guest
 # checks what it sees and does; the host then checks the disk file against what the guest
-# wrote; a second boot against the same backend processes reads it back.
+# wrote; a second boot against the same backend processes reads it back, and while it runs the
+# read-write backend is SIGKILLed: storage-dd starts it again and QEMU reconnects.
 #
 #   tests/vhost-user/run.sh
 #
@@ -28,8 +29,9 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 "$harness/fetch.sh" "$work"
-(cd "$top" && cargo build --locked -p blkback --bin blkback-vhost-user)
+(cd "$top" && cargo build --locked -p blkback --bin blkback-vhost-user -p storage-dd --bin storage-dd)
 backend=$top/target/debug/blkback-vhost-user
+supervisor=$top/target/debug/storage-dd
 
 # The guest image: busybox, virtio-pci and virtio-blk, the checks as /init.
 cd "$work"
@@ -51,17 +53,27 @@ hostsum=$(head -c 4M disk.img | sha256sum | cut -d' ' -f1)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-# start_backend NAME ARGS...: one blkback-vhost-user on $out/NAME.sock; its pid in $started.
+# start_backend NAME ARGS...: one blkback-vhost-user on $out/NAME.sock under storage-dd (which
+# restarts it when it dies; its health file is $out/NAME-dd/health.json); the supervisor's pid
+# in $started.
 start_backend() {
     local name=$1; shift
-    rm -f "$out/$name.sock"
-    RUST_LOG=${BLKBACK_LOG:-info} "$backend" --socket "$out/$name.sock" "$@" >>"$out/backend-$name.log" 2>&1 &
+    rm -rf "$out/$name.sock" "$out/$name-dd"
+    RUST_LOG=${BLKBACK_LOG:-info} "$supervisor" --backend "$backend" --run-dir "$out/$name-dd" -- \
+        --socket "$out/$name.sock" "$@" >>"$out/backend-$name.log" 2>&1 &
     started=$!
     pids+=("$started")
     local t=0
     while [ ! -S "$out/$name.sock" ] && [ $t -lt 100 ]; do sleep 0.1; t=$((t + 1)); done
 }
-rm -f "$out"/backend-*.log
+# backend_pid NAME: the pid of the backend storage-dd runs for NAME, from its health file.
+backend_pid() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$out/$1-dd/health.json"
+}
+restarts() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["restarts"])' "$out/$1-dd/health.json"
+}
+rm -f "$out"/backend-*.log "$out"/guest-*.log
 start_backend rw --disk "$out/disk.img" --queues 2 --serial vhost-harness
 rw_pid=$started
 start_backend ro --disk "$out/ro.img" --read-only
@@ -95,29 +107,30 @@ host_check vhost-host-file-matches $v
 kill -0 "$rw_pid" 2>/dev/null && kill -0 "$ro_pid" 2>/dev/null && v=ok || v=failed
 host_check vhost-backends-outlive-the-vm $v
 
-# The second VM; while it idles, SIGKILL the read-write backend and start it again.
+# The second VM; while it idles, SIGKILL the read-write backend: its supervisor starts it again.
 boot 2 "guestsum=${guestsum:-none}" &
 vm=$!
 t=0
 while ! grep -a -q GUEST-RESTART-NOW "$out/guest-2.log" 2>/dev/null && [ $t -lt 1200 ]; do sleep 0.1; t=$((t + 1)); done
 if grep -a -q GUEST-RESTART-NOW "$out/guest-2.log"; then
-    kill -9 "$rw_pid"
-    wait "$rw_pid" 2>/dev/null || true
-    echo "killed the read-write backend (pid $rw_pid) with SIGKILL; starting it again"
-    start_backend rw --disk "$out/disk.img" --queues 2 --serial vhost-harness
-    rw_pid=$started
+    victim=$(backend_pid rw)
+    kill -9 "$victim"
+    echo "killed the read-write backend (pid $victim) with SIGKILL; storage-dd starts it again"
 fi
 wait "$vm"
+[ "$(restarts rw)" = 1 ] && [ "$(backend_pid rw)" != "${victim:-}" ] && v=ok || v=failed
+host_check vhost-supervisor-restarted $v
 
 checks="vhost-sees-vda-vdb vhost-size vhost-serial vhost-multi-queue vhost-reads-host-data
     vhost-odirect-checksum vhost-flush-heavy vhost-discard vhost-read-only vhost-host-file-matches
     vhost-backends-outlive-the-vm vhost-second-boot-reads-back vhost-restart-reads-back
-    vhost-restart-writes"
+    vhost-restart-writes vhost-supervisor-restarted"
 all=$(cat "$out"/guest-1.log "$out"/guest-2.log; echo "$verdicts")
 passed=0 total=0
 for c in $checks; do
     total=$((total + 1))
-    if echo "$all" | grep -a -q -E "CHECK $c ok"; then
+    # (a here-string, not a pipe: grep -q stops reading early, which pipefail counts as a failure)
+    if grep -a -q -E "CHECK $c ok" <<<"$all"; then
         echo "CHECK $c ok"; passed=$((passed + 1))
     else
         echo "CHECK $c FAILED"
@@ -125,6 +138,6 @@ for c in $checks; do
 done
 echo "vhost-user harness: $passed/$total checks passed"
 if [ "$passed" != "$total" ]; then
-    echo "--- backend logs"; tail -20 "$out"/backend-*.log
+    echo "--- backend logs"; tail -n 20 "$out"/backend-*.log
     exit 1
 fi

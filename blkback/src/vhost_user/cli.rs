@@ -38,6 +38,10 @@ pub struct Options {
     /// Default: the disk's file name.
     #[arg(long)]
     pub serial: Option<String>,
+    /// Write the queues' counters to this file as JSON, once a second (for a supervisor:
+    /// `storage-dd --backend blkback-vhost-user -- ...` passes it).
+    #[arg(long)]
+    pub stats_file: Option<PathBuf>,
 }
 
 /// Serves until the process is stopped.
@@ -63,12 +67,20 @@ pub async fn run(options: Options) -> Result<(), String> {
             .map(|n| n.to_string_lossy().chars().take(20).collect())
             .unwrap_or_default(),
     };
-    let spec = DeviceSpec {
-        disk: Arc::new(disk),
-        queues: options.queues,
-        serial,
-    };
+    let spec = DeviceSpec::new(Arc::new(disk), options.queues, serial);
     let socket = options.socket;
+    if let Some(path) = options.stats_file {
+        let counters = spec.clone();
+        let (socket, disk) = (socket.clone(), options.disk.clone());
+        xen_backend::spawn_stats_writer(path, move || {
+            let snapshot = serde_json::json!({
+                "socket": socket,
+                "disk": disk,
+                "queues": counters.snapshot(),
+            });
+            serde_json::to_vec_pretty(&snapshot).ok()
+        });
+    }
     tokio::task::spawn_blocking(move || serve(&socket, &spec, None))
         .await
         .map_err(|e| format!("the server thread failed: {e}"))?

@@ -34,6 +34,7 @@ use vmm_sys_util::event::{
 
 pub use serve::{serve, ServeError, Served};
 
+use crate::stats::{QueueSnapshot, QueueStats};
 use crate::storage::{Disk, DiskInfo};
 use config::BlkConfig;
 use queue::{Memory, QueueEngine};
@@ -55,6 +56,26 @@ pub struct DeviceSpec {
     pub queues: u16,
     /// The identity answered to `GET_ID` (at most 20 bytes).
     pub serial: String,
+    /// Counters per queue, kept across frontend connections.
+    pub stats: Vec<Arc<QueueStats>>,
+}
+
+impl DeviceSpec {
+    /// `disk` served on `queues` queues (clamped to 1..=[`MAX_QUEUES`]) answering `serial`.
+    pub fn new(disk: Arc<dyn Disk>, queues: u16, serial: String) -> Self {
+        let queues = queues.clamp(1, MAX_QUEUES);
+        Self {
+            disk,
+            queues,
+            serial,
+            stats: (0..queues).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    /// The counters of every queue now.
+    pub fn snapshot(&self) -> Vec<QueueSnapshot> {
+        self.stats.iter().map(|s| s.snapshot()).collect()
+    }
 }
 
 /// One vhost-user-blk device for one frontend connection: a queue engine per virtqueue, each
@@ -87,14 +108,16 @@ impl BlkDevice {
             read_only: info.read_only,
             discard: info.discard,
         };
-        let engines = (0..queues)
-            .map(|_| {
+        let engines = (0..usize::from(queues))
+            .map(|q| {
                 let storage = spec.disk.open_queue(MAX_QUEUE_SIZE as u32)?;
+                let stats = spec.stats.get(q).cloned().unwrap_or_default();
                 Ok(Mutex::new(QueueEngine::new(
                     storage,
                     MAX_QUEUE_SIZE,
                     limits,
                     serial,
+                    stats,
                 )))
             })
             .collect::<io::Result<Vec<_>>>()?;

@@ -9,7 +9,9 @@
 //! replaced mid-flight is unmapped only after the I/O that uses it has completed.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::debug;
 use vhost_user_backend::{VringRwLock, VringT};
@@ -20,6 +22,7 @@ use vm_memory::{
 };
 
 use super::request::{self, Limits, Parsed, Request, Segment};
+use crate::stats::QueueStats;
 use crate::storage::{Completion, Op, Queue};
 
 /// Guest memory as vhost-user maps it (no dirty-page bitmap: live migration is not offered).
@@ -39,6 +42,10 @@ struct InFlight {
     expect: u64,
     /// Bytes written into the chain's writable buffers when it succeeds.
     used_len: u32,
+    /// Which sector counter its bytes go to.
+    counted: Counted,
+    /// When it was handed to storage.
+    started: Instant,
     /// The `iovec`s handed to the storage queue, pointing into `mem`.
     iov: Vec<libc::iovec>,
     /// The guest memory map `iov` points into, kept mapped until completion.
@@ -65,15 +72,30 @@ pub struct QueueEngine {
     /// The available ring could not be read at the last pass.
     unusable: bool,
     done: Vec<Completion>,
+    stats: Arc<QueueStats>,
+}
+
+/// Which sector counter a completed request adds to.
+#[derive(Clone, Copy)]
+enum Counted {
+    Read,
+    Written,
+    Neither,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
 }
 
 impl QueueEngine {
-    /// An engine over `storage`, holding at most `depth` requests in flight.
+    /// An engine over `storage`, holding at most `depth` requests in flight and counting
+    /// into `stats`.
     pub fn new(
         storage: Box<dyn Queue>,
         depth: usize,
         limits: Limits,
         serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
+        stats: Arc<QueueStats>,
     ) -> Self {
         Self {
             storage,
@@ -85,6 +107,7 @@ impl QueueEngine {
             stalled: false,
             unusable: false,
             done: Vec::new(),
+            stats,
         }
     }
 
@@ -100,6 +123,7 @@ impl QueueEngine {
 
     /// The guest kicked `vring`: serve what it made available.
     pub fn kick(&mut self, vring: &VringRwLock, mem: &GuestMemoryAtomic<Memory>) -> io::Result<()> {
+        bump(&self.stats.wakeups, 1);
         self.vring = Some(vring.clone());
         self.serve(vring, mem)
     }
@@ -206,13 +230,29 @@ impl QueueEngine {
 
     /// Starts one parsed chain: queued to storage, or answered at once with the bytes written.
     fn start(&mut self, parsed: Option<Parsed>, head: u16, map: &Arc<Memory>) -> Started {
+        let stats = Arc::clone(&self.stats);
         let Some(Parsed { status, request }) = parsed else {
+            bump(&stats.errors, 1);
             return Started::Answered(0);
         };
         let refuse = |code: u32| {
+            if code != VIRTIO_BLK_S_OK {
+                bump(&stats.errors, 1);
+            }
             let _ = map.write_obj(code as u8, GuestAddress(status));
             Started::Answered(1)
         };
+        let counter = match &request {
+            Ok(Request::Read { .. }) => Some(&stats.reads),
+            Ok(Request::Write { .. }) => Some(&stats.writes),
+            Ok(Request::Flush) => Some(&stats.flushes),
+            Ok(Request::Discard { .. }) => Some(&stats.discards),
+            Ok(Request::WriteZeroes { .. }) => Some(&stats.write_zeroes),
+            Ok(Request::GetId { .. }) | Err(_) => None,
+        };
+        if let Some(c) = counter {
+            bump(c, 1);
+        }
         let (op, iov, expect, used_len) = match request {
             Err(code) => return refuse(u32::from(code)),
             Ok(Request::GetId { segments }) => {
@@ -258,6 +298,12 @@ impl QueueEngine {
             status,
             expect,
             used_len,
+            counted: match op {
+                OpKind::Read(_) => Counted::Read,
+                OpKind::Write(_) => Counted::Written,
+                _ => Counted::Neither,
+            },
+            started: Instant::now(),
             iov,
             mem: Arc::clone(map),
         });
@@ -281,7 +327,10 @@ impl QueueEngine {
         // the record holds; the record stays in its slot, unchanged, until this tag's
         // completion is collected (and the storage queue is dropped before the slots).
         match unsafe { self.storage.push(op, u64::from(tag)) } {
-            Ok(()) => Started::InFlight,
+            Ok(()) => {
+                bump(&self.stats.in_flight, 1);
+                Started::InFlight
+            }
             Err(_) => {
                 if let Some(slot) = self.slots.get_mut(tag as usize) {
                     *slot = None;
@@ -310,6 +359,14 @@ impl QueueEngine {
             let (tag, f) = f;
             self.free.push(tag);
             let ok = c.result >= 0 && c.result as u64 == f.expect;
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.stats.record_latency(f.started.elapsed());
+            match (ok, f.counted) {
+                (true, Counted::Read) => bump(&self.stats.sectors_read, f.expect / 512),
+                (true, Counted::Written) => bump(&self.stats.sectors_written, f.expect / 512),
+                (true, Counted::Neither) => {}
+                (false, _) => bump(&self.stats.errors, 1),
+            }
             let (code, len) = if ok {
                 (VIRTIO_BLK_S_OK, f.used_len)
             } else {

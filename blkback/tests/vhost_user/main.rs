@@ -95,6 +95,7 @@ struct Rig {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     disk: PathBuf,
+    spec: DeviceSpec,
     server: Option<JoinHandle<Result<Served, String>>>,
 }
 
@@ -116,11 +117,8 @@ fn rig_with(queues: u16, options: RawOptions, connections: u64) -> Rig {
     std::fs::write(&disk, vec![0u8; DISK_BYTES as usize]).unwrap();
     let socket = dir.path().join("vhost.sock");
     let raw = RawDisk::open(&disk, options).unwrap();
-    let spec = DeviceSpec {
-        disk: Arc::new(raw),
-        queues,
-        serial: "blkback-test-serial".into(),
-    };
+    let spec = DeviceSpec::new(Arc::new(raw), queues, "blkback-test-serial".into());
+    let stats = spec.clone();
     let path = socket.clone();
     let server = std::thread::spawn(move || {
         serve(&path, &spec, Some(connections)).map_err(|e| e.to_string())
@@ -129,6 +127,7 @@ fn rig_with(queues: u16, options: RawOptions, connections: u64) -> Rig {
         _dir: dir,
         socket,
         disk,
+        spec: stats,
         server: Some(server),
     }
 }
@@ -273,6 +272,18 @@ fn a_vmm_negotiates_and_the_guest_reads_back_what_it_wrote() {
     let r = request(&mut guest, vq, T_IN, 64, 16384, None);
     run_all(&mut guest, vq, std::slice::from_ref(&r), 0);
     assert!(read(&guest, r.data, 16384).iter().all(|&b| b == 0));
+
+    // The counters saw all of it.
+    let q: Vec<_> = rig.spec.snapshot();
+    let sum = |f: fn(&blkback::stats::QueueSnapshot) -> u64| q.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|s| s.writes), 49);
+    assert_eq!(sum(|s| s.reads), 48 + 3);
+    assert_eq!(sum(|s| s.flushes), 2);
+    assert_eq!((sum(|s| s.discards), sum(|s| s.write_zeroes)), (1, 2));
+    let written: u64 = written.iter().map(|(_, _, d)| d.len() as u64 / 512).sum();
+    assert_eq!(sum(|s| s.sectors_written), written + 32);
+    assert_eq!((sum(|s| s.errors), sum(|s| s.in_flight)), (0, 0));
+    assert_eq!(sum(|s| s.latency.iter().sum()), 49 + 51 + 2 + 3);
     drop(dev);
     assert_eq!(rig.finish().connections, 1);
 }
