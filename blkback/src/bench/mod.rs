@@ -277,6 +277,42 @@ pub async fn ours(
 
 type Front = blkfront::Blkfront<xen_sim::domain::SimGrants, xen_sim::domain::SimEvtchn>;
 
+/// Where a workload's requests go: random blocks (xorshift) or one block after another, in the
+/// queue's own `region` of the file from byte `base`.
+struct Offsets {
+    x: u64,
+    next: u64,
+    blocks: u64,
+    base: u64,
+    w: Workload,
+}
+
+impl Offsets {
+    fn new(w: Workload, base: u64, region: u64) -> Self {
+        Self {
+            x: 0x2545_f491_4f6c_dd1d ^ base,
+            next: 0,
+            blocks: (region / w.block as u64).max(1),
+            base,
+            w,
+        }
+    }
+
+    /// The next request's first 512-byte sector.
+    fn next_sector(&mut self) -> u64 {
+        let index = if self.w.random {
+            self.x ^= self.x << 13;
+            self.x ^= self.x >> 7;
+            self.x ^= self.x << 17;
+            self.x % self.blocks
+        } else {
+            self.next = (self.next + 1) % self.blocks;
+            self.next
+        };
+        (self.base + index * self.w.block as u64) / 512
+    }
+}
+
 /// Keeps `w.depth` requests in flight until `stop`; returns the I/Os completed.
 fn drive(
     mut front: Front,
@@ -286,21 +322,10 @@ fn drive(
     stop: &AtomicBool,
 ) -> std::result::Result<u64, String> {
     let data = vec![0x5au8; w.block];
-    let blocks = (region / w.block as u64).max(1);
-    let mut x = 0x2545_f491_4f6c_dd1du64 ^ base;
-    let mut next = 0u64;
+    let mut offsets = Offsets::new(w, base, region);
     let mut done = 0u64;
     let mut submit = |front: &mut Front| -> std::result::Result<(), String> {
-        let index = if w.random {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % blocks
-        } else {
-            next = (next + 1) % blocks;
-            next
-        };
-        let sector = (base + index * w.block as u64) / 512;
+        let sector = offsets.next_sector();
         let r = if w.write {
             front.submit_write(sector, &data)
         } else {

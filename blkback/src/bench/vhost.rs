@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{median_with_range, row, test_file, Result, Selection, Workload, WORKLOADS};
+use super::{median_with_range, row, test_file, Offsets, Result, Selection, Workload, WORKLOADS};
 use vhost::VhostBackend;
 
 use crate::vhost_user::frontend::{self, header, GuestMemory, Virtqueue};
@@ -236,9 +236,7 @@ fn drive(
     stop: &AtomicBool,
 ) -> std::result::Result<u64, String> {
     let e = |e: frontend::FrontendError| e.to_string();
-    let blocks = (region / w.block as u64).max(1);
-    let mut x = 0x2545_f491_4f6c_dd1du64 ^ base;
-    let mut next = 0u64;
+    let mut offsets = Offsets::new(w, base, region);
     let mut free: Vec<usize> = (0..slots.len()).collect();
     let mut by_head = vec![None; usize::from(QUEUE_SIZE)];
     let mut done = 0u64;
@@ -246,16 +244,7 @@ fn drive(
     while !stop.load(Ordering::Acquire) {
         while let Some(i) = free.pop() {
             let Some(slot) = slots.get(i) else { break };
-            let index = if w.random {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x % blocks
-            } else {
-                next = (next + 1) % blocks;
-                next
-            };
-            let sector = (base + index * w.block as u64) / 512;
+            let sector = offsets.next_sector();
             mem.write(slot.header, &header(kind, sector)).map_err(e)?;
             let chain = [
                 (slot.header, 16, false),
