@@ -376,6 +376,15 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The queue counts to measure: those asked for, else 1 and 2.
+    fn queue_counts(&self) -> Vec<usize> {
+        if self.queues.is_empty() {
+            vec![1, 2]
+        } else {
+            self.queues.clone()
+        }
+    }
+
     fn wants(&self, w: &Workload) -> bool {
         self.workload.as_deref().is_none_or(|n| w.name.contains(n))
     }
@@ -457,11 +466,7 @@ pub async fn run(
     )
     .map_err(w)?;
     let mut limits = Vec::new();
-    let queue_counts = if selection.queues.is_empty() {
-        vec![1usize, 2]
-    } else {
-        selection.queues.clone()
-    };
+    let queue_counts = selection.queue_counts();
     for &queues in &queue_counts {
         for wl in WORKLOADS.into_iter().filter(|w| selection.wants(w)) {
             // fio and ours alternate; the pair with the median ratio is shown.

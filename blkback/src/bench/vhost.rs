@@ -305,11 +305,7 @@ pub fn run(
         "ratio"
     )
     .map_err(w)?;
-    let queue_counts = if selection.queues.is_empty() {
-        vec![1usize, 2]
-    } else {
-        selection.queues.clone()
-    };
+    let queue_counts = selection.queue_counts();
     for &queues in &queue_counts {
         for wl in WORKLOADS.into_iter().filter(|w| selection.wants(w)) {
             let mut pairs = Vec::new();
